@@ -1,0 +1,21 @@
+"""Test set-up that must happen before any kernel module is imported.
+
+TRITON_INTERPRET=1 has to be in the environment before `@triton.jit` decorates the
+kernels, so that the Triton path runs on CPU tensors (SPEC §2).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
