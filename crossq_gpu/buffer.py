@@ -1,0 +1,265 @@
+"""Device-resident replay buffers (SPEC §4): uniform `ReplayBuffer`, proportional `PrioritizedReplay`.
+
+Storage is preallocated once; the write pointer, the fill level and (for PER) the sum tree,
+max priority and β counter are device tensors. `add`, `sample` and `update_priorities` only
+launch kernels — no `.item()`, no Python branch on a tensor value, no data-dependent shapes —
+so they run inside `torch.compile(fullgraph=True)` and CUDA-graph capture, and sampling
+draws from the default torch generator (reproducible with `torch.manual_seed`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import psutil
+import torch
+from torch import Tensor
+
+# Fraction of the free memory a buffer may claim: the networks, the env and the allocator need the rest.
+_MEMORY_HEADROOM = 0.9
+# Upper bound of the raw integer draw reduced modulo `size`; the modulo bias is size / 2**62.
+_RAND_HIGH = 2**62
+
+
+class BufferTooLarge(ValueError):
+    """The requested `memory.max_size` does not fit in free device memory (host RAM on CPU)."""
+
+
+class Batch(NamedTuple):
+    """One sampled minibatch. A NamedTuple so that it passes through `torch.compile` as a pytree."""
+
+    obs: Tensor  # [B, obs_dim] float32
+    action: Tensor  # [B, *action_shape] (float32 continuous, int64 discrete)
+    reward: Tensor  # [B] float32
+    next_obs: Tensor  # [B, obs_dim] float32
+    terminated: Tensor  # [B] float32; 1.0 only for true terminals, never truncations
+    weights: Tensor | None  # [B] importance weights (PrioritizedReplay) or None (uniform)
+    indices: Tensor  # [B] int64 slots sampled, handed back to `update_priorities`
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Bytes a new allocation on `device` can use: free CUDA memory plus this process's cached
+    but unused blocks, or available host RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available
+
+
+class ReplayBuffer:
+    """Uniform ring buffer over `max_size` transitions, counted over all envs.
+
+    A vector step of `num_envs` transitions goes to slots `(pos + arange(num_envs)) % max_size`
+    in one indexed write per field, so once full the newest `max_size` transitions are kept.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_shape: tuple[int, ...],
+        max_size: int,
+        num_envs: int,
+        device: torch.device | str,
+        action_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if num_envs < 1 or max_size < num_envs:
+            raise ValueError(
+                f"memory.max_size={max_size} must be at least num_envs={num_envs}: "
+                "one vector step is written at once"
+            )
+        self.device = torch.device(device)
+        self.max_size = max_size
+        self.num_envs = num_envs
+        self._check_fits(obs_dim, tuple(action_shape), action_dtype)
+        self.obs = torch.zeros(max_size, obs_dim, device=self.device)
+        self.action = torch.zeros(max_size, *action_shape, dtype=action_dtype, device=self.device)
+        self.reward = torch.zeros(max_size, device=self.device)
+        self.next_obs = torch.zeros(max_size, obs_dim, device=self.device)
+        self.terminated = torch.zeros(max_size, device=self.device)
+        self.pos = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.size = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._env_offsets = torch.arange(num_envs, device=self.device)
+
+    @classmethod
+    def nbytes(
+        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32
+    ) -> int:
+        """Bytes the storage of a `max_size` buffer takes (pure: allocates nothing)."""
+        action_bytes = math.prod(action_shape) * torch.empty((), dtype=action_dtype).element_size()
+        # obs + next_obs (float32), action, reward + terminated (float32)
+        return max_size * (2 * obs_dim * 4 + action_bytes + 2 * 4)
+
+    def _check_fits(self, obs_dim: int, action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
+        needed = self.nbytes(obs_dim, action_shape, self.max_size, action_dtype)
+        usable = int(free_memory_bytes(self.device) * _MEMORY_HEADROOM)
+        if needed <= usable:
+            return
+        lo, hi = 0, self.max_size  # largest size that fits, by bisection (nbytes is monotone)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.nbytes(obs_dim, action_shape, mid, action_dtype) <= usable else (lo, mid - 1)
+        raise BufferTooLarge(
+            f"memory.max_size={self.max_size} needs {needed / 2**30:.2f} GiB ({needed} bytes) on {self.device}, "
+            f"but only {usable / 2**30:.2f} GiB is free after a {1 - _MEMORY_HEADROOM:.0%} headroom; "
+            f"the largest memory.max_size that fits is {lo}"
+        )
+
+    def _next_slots(self) -> Tensor:
+        return (self.pos + self._env_offsets) % self.max_size
+
+    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> None:
+        """Store one vector step; every argument has leading dim `num_envs`. `next_obs` must be the
+        true final observation where an episode ended (not the auto-reset one)."""
+        slots = self._next_slots()
+        self.obs[slots] = obs.to(self.obs.dtype)
+        self.action[slots] = action.to(self.action.dtype)
+        self.reward[slots] = reward.reshape(self.num_envs).to(self.reward.dtype)
+        self.next_obs[slots] = next_obs.to(self.next_obs.dtype)
+        self.terminated[slots] = terminated.reshape(self.num_envs).to(self.terminated.dtype)
+        self.pos.add_(self.num_envs).remainder_(self.max_size)
+        self.size.add_(self.num_envs).clamp_(max=self.max_size)
+
+    def _gather(self, indices: Tensor, weights: Tensor | None) -> Batch:
+        return Batch(
+            self.obs[indices],
+            self.action[indices],
+            self.reward[indices],
+            self.next_obs[indices],
+            self.terminated[indices],
+            weights,
+            indices,
+        )
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform over the `size` stored slots. An integer draw reduced modulo `size` rather
+        than `rand() * size`: float32 `rand` has 24 random bits, which would make some slots of a
+        large buffer twice as likely as others. Sampling an empty buffer returns slot 0."""
+        raw = torch.randint(0, _RAND_HIGH, (batch_size,), device=self.device)
+        return self._gather(raw % self.size.clamp(min=1), None)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """All buffer state as CPU tensors (for `checkpoint.pt` with `--save-buffer`)."""
+        return {name: getattr(self, name).cpu() for name in self._state_names()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Copy a `state_dict` back in place, so tensors captured by a CUDA graph stay valid."""
+        missing = set(self._state_names()) - set(state)
+        if missing:
+            raise ValueError(f"buffer state is missing {sorted(missing)}")
+        for name in self._state_names():
+            target: Tensor = getattr(self, name)
+            if state[name].shape != target.shape:
+                raise ValueError(
+                    f"buffer state '{name}' has shape {tuple(state[name].shape)}, this buffer "
+                    f"{tuple(target.shape)}: memory.max_size, num_envs or the env differ from the checkpoint"
+                )
+            target.copy_(state[name])
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("obs", "action", "reward", "next_obs", "terminated", "pos", "size")
+
+
+class PrioritizedReplay(ReplayBuffer):
+    """Proportional prioritized replay (Schaul et al. 2016, https://arxiv.org/abs/1511.05952).
+
+    Leaf i of a device sum tree holds p_i = (|δ_i| + eps)^α; new transitions get the largest
+    priority seen so far. `sample` draws one target per stratum of the total mass and descends
+    the tree level by level (a fixed number of levels, so the Python loop is static). IS weights
+    w_i = (N·P(i))^-β are normalised by the largest weight *in the batch*; β rises linearly from
+    `beta` to `beta_final` over `beta_steps` calls to `sample`, counted on the device.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_shape: tuple[int, ...],
+        max_size: int,
+        num_envs: int,
+        device: torch.device | str,
+        action_dtype: torch.dtype = torch.float32,
+        *,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        beta_final: float = 1.0,
+        beta_steps: int = 100_000,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(obs_dim, action_shape, max_size, num_envs, device, action_dtype)
+        self.alpha, self.beta0, self.beta_final, self.beta_steps, self.eps = alpha, beta, beta_final, beta_steps, eps
+        self.capacity = self._capacity(max_size)
+        self.depth = self.capacity.bit_length() - 1
+        # Float64: the root sums up to 2**k leaves and a float32 descent would misroute targets.
+        # Node 1 is the root, node n has children 2n and 2n+1, leaf i is node capacity + i.
+        self.tree = torch.zeros(2 * self.capacity, dtype=torch.float64, device=self.device)
+        self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
+        self.sample_calls = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    @staticmethod
+    def _capacity(max_size: int) -> int:
+        return 1 << (max_size - 1).bit_length()
+
+    @classmethod
+    def nbytes(
+        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32
+    ) -> int:
+        """Storage plus the float64 sum tree of 2·capacity nodes."""
+        return super().nbytes(obs_dim, action_shape, max_size, action_dtype) + 2 * cls._capacity(max_size) * 8
+
+    def _set_priorities(self, slots: Tensor, priorities: Tensor) -> None:
+        """Write leaves, then recompute each touched parent from its two children, level by level.
+        Duplicate slots are harmless: every parent is rebuilt from the children as they now stand."""
+        nodes = slots + self.capacity
+        self.tree[nodes] = priorities
+        for _ in range(self.depth):
+            nodes = nodes // 2
+            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+
+    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> None:
+        slots = self._next_slots()
+        super().add(obs, action, reward, next_obs, terminated)
+        self._set_priorities(slots, self.max_priority.expand(self.num_envs))
+
+    def beta(self) -> Tensor:
+        """β for the next `sample` call (device float32 scalar)."""
+        progress = (self.sample_calls.float() / max(self.beta_steps, 1)).clamp(max=1.0)
+        return self.beta0 + (self.beta_final - self.beta0) * progress
+
+    def sample(self, batch_size: int) -> Batch:
+        beta = self.beta()
+        total = self.tree[1]
+        strata = torch.arange(batch_size, device=self.device, dtype=torch.float64)
+        target = (strata + torch.rand(batch_size, device=self.device, dtype=torch.float64)) * (total / batch_size)
+        node = torch.ones(batch_size, dtype=torch.int64, device=self.device)
+        for _ in range(self.depth):
+            left = 2 * node
+            left_mass = self.tree[left]
+            go_right = target >= left_mass
+            target = torch.where(go_right, target - left_mass, target)
+            node = torch.where(go_right, left + 1, left)
+        # Rounding can push a target past the last stored leaf; clamp it back onto stored slots.
+        indices = torch.minimum(node - self.capacity, (self.size - 1).clamp(min=0))
+        prob = self.tree[indices + self.capacity] / total
+        weights = (self.size * prob).pow(-beta.double())
+        weights = (weights / weights.max()).float()
+        self.sample_calls.add_(1)
+        return self._gather(indices, weights)
+
+    def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
+        """Set p = (|δ| + eps)^α for the sampled `indices` ([B]) from their TD errors ([B])."""
+        priorities = (td_errors.detach().abs().double().reshape(-1) + self.eps).pow(self.alpha)
+        self._set_priorities(indices, priorities)
+        self.max_priority.copy_(torch.maximum(self.max_priority, priorities.max()))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return (*super()._state_names(), "tree", "max_priority", "sample_calls")
+
+
+_BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedReplay": PrioritizedReplay}
+
+
+def make_buffer(memory_cfg_name: str, **kwargs) -> ReplayBuffer:
+    """Build the buffer named by the config's `memory.name`."""
+    if memory_cfg_name not in _BUFFERS:
+        raise ValueError(f"unknown memory.name {memory_cfg_name!r}; known: {', '.join(_BUFFERS)}")
+    return _BUFFERS[memory_cfg_name](**kwargs)
