@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, read back with one clear error when unusable."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "crossq_gpu/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this program."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """temp file in the same folder + fsync + rename: a crash never leaves a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU (tensors only: no code runs from the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a crossq_gpu checkpoint")
+    return payload

@@ -1,0 +1,135 @@
+"""Metrics: accumulated on the device, read once per log interval, written as JSONL,
+TensorBoard scalars and a progress bar.
+
+Nothing here reads a device tensor inside the hot loop; `MetricsWindow.read` and
+`EpisodeReturns.read` are the only host syncs, and the learner calls them every
+`log_every` env steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+# TensorBoard tag for each metrics.jsonl field (CleanRL-style namespaces).
+TB_TAGS = {
+    "return_mean": "charts/return_mean", "sps": "charts/sps", "ups": "charts/ups",
+    "critic_loss": "losses/critic_loss", "actor_loss": "losses/actor_loss",
+    "alpha": "losses/alpha", "q_mean": "losses/q_mean", "entropy": "losses/entropy",
+}
+EVAL_TAGS = {"return_mean": "eval/return_mean", "return_std": "eval/return_std"}
+TRAIN_FIELDS = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
+LOSS_FIELDS = ("critic_loss", "actor_loss")
+
+
+class MetricsWindow:
+    """Running sums of per-step metric tensors since the last read, kept on the device.
+
+    Also tracks, without a host sync, the first gradient step whose loss was NaN/Inf.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, metrics: dict[str, Tensor], grad_step: int) -> None:
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        for name, value in metrics.items():
+            if name in self.sums:
+                self.sums[name] += value.float()
+            else:
+                self.sums[name] = value.detach().float().clone()
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if name in LOSS_FIELDS:
+                bad = bad | ~torch.isfinite(value)
+        mark = bad & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(mark, torch.full_like(self.first_nonfinite, grad_step),
+                                           self.first_nonfinite)
+
+    def read(self) -> dict[str, float | None]:
+        """Means since the last read (None where nothing was recorded); resets the window."""
+        names = list(self.sums)
+        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []
+        means = {n: v / self.counts[n] for n, v in zip(names, values)}
+        self.sums, self.counts = {}, {}
+        return {field: means.get(field) for field in TRAIN_FIELDS}
+
+    def nonfinite_step(self) -> int | None:
+        """The first gradient step with a NaN/Inf loss, or None (one host sync)."""
+        step = int(self.first_nonfinite)
+        return None if step < 0 else step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "first_nonfinite": self.first_nonfinite}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
+        self.first_nonfinite = state["first_nonfinite"].to(self.device)
+
+
+class EpisodeReturns:
+    """Undiscounted returns of the episodes each env is in, and of those that finished."""
+
+    def __init__(self, num_envs: int, device: torch.device) -> None:
+        self.running = torch.zeros(num_envs, device=device)
+        self.finished_sum = torch.zeros((), device=device)
+        self.finished_count = torch.zeros((), device=device)
+
+    def update(self, reward: Tensor, done: Tensor) -> None:
+        self.running += reward
+        self.finished_sum += (self.running * done).sum()
+        self.finished_count += done.sum()
+        self.running *= ~done
+
+    def read(self) -> float | None:
+        """Mean return of the episodes finished since the last read (None if none); resets."""
+        total, count = torch.stack([self.finished_sum, self.finished_count]).tolist()
+        self.finished_sum.zero_()
+        self.finished_count.zero_()
+        return total / count if count else None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"running": self.running, "finished_sum": self.finished_sum, "finished_count": self.finished_count}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, value in state.items():
+            getattr(self, name).copy_(value)
+
+
+class MetricsWriter:
+    """Appends rows to metrics.jsonl and mirrors the numbers to TensorBoard."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow, so here
+
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = SummaryWriter(log_dir=str(out_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        tags = EVAL_TAGS if row["kind"] == "eval" else TB_TAGS
+        for name, tag in tags.items():
+            if row.get(name) is not None:
+                self.tb.add_scalar(tag, row[name], row["env_steps"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def progress_bar(total: int, initial: int) -> tqdm:
+    """Env-step progress; silent when stdout is not a terminal (CI, pipes, files)."""
+    return tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
+                disable=not sys.stdout.isatty(), file=sys.stdout)
