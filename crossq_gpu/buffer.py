@@ -192,7 +192,8 @@ class PrioritizedReplay(ReplayBuffer):
         # Float64: the root sums up to 2**k leaves and a float32 descent would misroute targets.
         # Node 1 is the root, node n has children 2n and 2n+1, leaf i is node capacity + i.
         self.tree = torch.zeros(2 * self.capacity, dtype=torch.float64, device=self.device)
-        self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
+        # Shape [1], not []: torch.compile (2.13) drops in-place updates of 0-dim float64 CPU tensors.
+        self.max_priority = torch.ones(1, dtype=torch.float64, device=self.device)
         self.sample_calls = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @staticmethod
@@ -208,9 +209,10 @@ class PrioritizedReplay(ReplayBuffer):
 
     def _set_priorities(self, slots: Tensor, priorities: Tensor) -> None:
         """Write leaves, then recompute each touched parent from its two children, level by level.
-        Duplicate slots are harmless: every parent is rebuilt from the children as they now stand."""
+        A slot given twice keeps the larger priority: an order-free rule, so eager, compiled and
+        graph-replayed runs agree; parents are rebuilt from the children, so repeats are harmless."""
         nodes = slots + self.capacity
-        self.tree[nodes] = priorities
+        self.tree.scatter_reduce_(0, nodes, priorities, reduce="amax", include_self=False)
         for _ in range(self.depth):
             nodes = nodes // 2
             self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
