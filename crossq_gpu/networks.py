@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossq_gpu.config import ActorNetConfig, BatchRenormConfig, CriticNetConfig
+from crossq_gpu.config import ActorNetConfig, BatchRenormConfig, Config, CriticNetConfig
 from crossq_gpu.kernels import BatchRenorm1d
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu}
@@ -180,3 +180,8 @@ class Agent(nn.Module):
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Actions for a batch of observations: [N, act_dim] in [-1, 1], or [N] int64."""
         return self.actor.act(obs, deterministic)
+
+
+def build_agent(cfg: Config, obs_dim: int, act_dim: int | None, num_actions: int | None) -> Agent:
+    return Agent(obs_dim, act_dim, num_actions, cfg.agent.net, cfg.agent.critic_net,
+                 cfg.agent.algorithm.name, cfg.agent.algorithm.alpha_init)

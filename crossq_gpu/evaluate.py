@@ -1,0 +1,85 @@
+"""Deterministic evaluation, and `python -m crossq_gpu.evaluate DIR|checkpoint.pt`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
+from crossq_gpu.config import ConfigError, from_dict
+from crossq_gpu.envs import VecEnv, make_env
+from crossq_gpu.networks import Agent, build_agent
+
+
+@torch.no_grad()
+def evaluate(agent: Agent, env: VecEnv, seed: int) -> tuple[float, float, int]:
+    """Mean and std of the return of the first episode of each of env's num_envs envs."""
+    obs = env.reset(seed=seed)
+    returns = torch.zeros(env.num_envs, device=env.device)
+    running = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
+    while bool(running.any()):  # evaluation is not the hot loop: one sync per step is fine
+        obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+        returns += reward * running
+        running &= ~(terminated | truncated)
+    std = returns.std(unbiased=False) if env.num_envs > 1 else torch.zeros(())
+    return float(returns.mean()), float(std), env.num_envs
+
+
+def record_video(agent: Agent, env: VecEnv, seed: int, path: Path) -> None:
+    """One deterministic episode rendered to a video file (Gymnasium envs)."""
+    import imageio.v2 as imageio
+
+    obs = env.reset(seed=seed)
+    frames = [env.render()]
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+        done = bool((terminated | truncated).any())
+        frames.append(env.render())
+    imageio.mimsave(path, frames, fps=env.render_fps)
+
+
+def load_agent(payload: dict, env: VecEnv) -> Agent:
+    cfg = from_dict(payload["config"])
+    agent = build_agent(cfg, env.obs_dim, env.act_dim, env.num_actions).to(env.device)
+    agent.load_state_dict(payload["agent"])
+    return agent
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m crossq_gpu.evaluate",
+                                description="Run the deterministic policy of a checkpoint.")
+    p.add_argument("checkpoint", help="run folder or checkpoint.pt")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--video", metavar="FILE", help="also record one episode (Gymnasium envs), e.g. out.mp4")
+    args = p.parse_args(argv)
+    if args.episodes < 1:
+        p.error("--episodes must be >= 1")
+    try:
+        payload = load_checkpoint(Path(args.checkpoint))
+        cfg = from_dict(payload["config"])
+        env = make_env(cfg.env.name, args.episodes, torch.device(args.device), seed=args.seed,
+                       backend=cfg.env.backend, episode_length=cfg.env.episode_length)
+        agent = load_agent(payload, env)
+        mean, std, episodes = evaluate(agent, env, seed=args.seed)
+        if args.video:
+            if not cfg.env.name.startswith("gym:"):
+                raise ValueError("--video records Gymnasium (gym:ID) envs only")
+            video_env = make_env(cfg.env.name, 1, torch.device(args.device), seed=args.seed,
+                                 render_mode="rgb_array")
+            record_video(agent, video_env, args.seed, Path(args.video))
+    except (CheckpointError, ConfigError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"return_mean": mean, "return_std": std, "episodes": episodes}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""`python -m crossq_gpu.learner`: the training loop env → buffer → update → metrics.
+
+Everything that is the run's state (networks, BRN statistics, optimizers, log α, buffer,
+env, counters, RNG, metric windows) is built in `Run` and saved by `Run.checkpoint`, which
+is exactly what `--resume` restores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossq_gpu import config as config_mod
+from crossq_gpu.buffer import make_buffer
+from crossq_gpu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from crossq_gpu.config import Config, ConfigError
+from crossq_gpu.envs import VecEnv, make_env
+from crossq_gpu.evaluate import evaluate
+from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
+from crossq_gpu.networks import Agent, build_agent
+from crossq_gpu.update import Update, target_entropy
+
+EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN/Inf loss); the message names the step and the checkpoint."""
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(prog="python -m crossq_gpu.learner",
+                description="Train CrossQ (or the SAC baseline) on Brax/MJX or Gymnasium envs.")
+    p.add_argument("--env", help="env name: ant, halfcheetah, … (Brax), gym:ID, playground:NAME")
+    p.add_argument("--num-envs", type=int, help="environments stepped together")
+    p.add_argument("--backend", help="Brax backend: generalized | mjx | spring | positional")
+    p.add_argument("--algo", choices=["crossq", "sac"], help="CrossQ (default) or the SAC baseline")
+    p.add_argument("--total-steps", type=int, help="env steps to train, all envs counted (absolute on --resume)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--preset", default="auto",
+                   help=f"auto (paper on CUDA, cpu otherwise) or one of: {', '.join(config_mod.PRESETS)}")
+    p.add_argument("--config", metavar="FILE", help="YAML config merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any field, value parsed as YAML (repeatable), "
+                        "e.g. --set agent.algorithm.training_start_step=500")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<env>-<algo>-<seed>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
+    p.add_argument("--eval-every", type=int, help="env steps between evaluations (0: none)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    p.add_argument("--log-every", type=int, help="env steps between metrics rows")
+    p.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the update")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the update and acting step as CUDA graphs (CUDA only)")
+    p.add_argument("--save-buffer", action=argparse.BooleanOptionalAction, default=None,
+                   help="include the replay buffer in checkpoints")
+    return p.parse_args(argv)
+
+
+FLAG_FIELDS = {
+    "env": "env.name", "num_envs": "env.num_envs", "backend": "env.backend",
+    "total_steps": "run.total_steps", "seed": "run.seed", "device": "run.device",
+    "eval_every": "run.eval_every", "eval_episodes": "run.eval_episodes", "log_every": "run.log_every",
+    "checkpoint_every": "run.checkpoint_every", "compile": "run.compile",
+    "cuda_graphs": "run.cuda_graphs", "save_buffer": "run.save_buffer",
+}
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """Preset < --config (or the resumed run's config.yaml) < flags and --set."""
+    overrides = [f"{path}={getattr(args, flag)!r}" if isinstance(getattr(args, flag), str)
+                 else f"{path}={str(getattr(args, flag)).lower()}"
+                 for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None]
+    if args.algo is not None:
+        overrides.append(f"agent.algorithm.name={'CrossQ' if args.algo == 'crossq' else 'SAC'}")
+    overrides += args.set
+    config_file = args.config
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
+        config_file = str(Path(args.resume) / "config.yaml")
+    return config_mod.build_config(args.preset, torch.cuda.is_available(), config_file, overrides)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def default_out_dir(cfg: Config) -> Path:
+    env = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.env.name)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{env}-{cfg.agent.algorithm.name.lower()}-{cfg.run.seed}-{stamp}"
+
+
+def prepare_out_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot write there ({exc.strerror})") from None
+    return path
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class Counters:
+    env_steps: int = 0
+    vector_steps: int = 0
+    wall_s: float = 0.0
+    evals: int = 0
+
+
+class Run:
+    """One training run: builds every piece from the config and owns the loop."""
+
+    def __init__(self, cfg: Config, out_dir: Path, device: torch.device) -> None:
+        self.cfg, self.out_dir, self.device = cfg, out_dir, device
+        run, alg = cfg.run, cfg.agent.algorithm
+        torch.manual_seed(run.seed)
+        self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed,
+                                    backend=cfg.env.backend, episode_length=cfg.env.episode_length)
+        self.discrete = self.env.num_actions is not None
+        alg.action_pdtype = "Categorical" if self.discrete else "Normal"
+        self.agent: Agent = build_agent(cfg, self.env.obs_dim, self.env.act_dim, self.env.num_actions).to(device)
+        action_shape = () if self.discrete else (self.env.act_dim,)
+        mem = cfg.agent.memory
+        per = ({} if mem.name == "Replay" else
+               {"alpha": mem.prioritized.alpha, "beta": mem.prioritized.beta, "eps": mem.prioritized.eps,
+                "beta_final": mem.prioritized.beta_final, "beta_steps": mem.prioritized.beta_steps})
+        self.buffer = make_buffer(mem.name, obs_dim=self.env.obs_dim, action_shape=action_shape,
+                                  max_size=mem.max_size, num_envs=cfg.env.num_envs, device=device,
+                                  action_dtype=torch.int64 if self.discrete else torch.float32, **per)
+        entropy = target_entropy(cfg, self.env.act_dim, self.env.num_actions)
+        self.update = Update(self.agent, self.buffer, cfg, entropy, device)
+        self.window = MetricsWindow(device)
+        self.returns = EpisodeReturns(cfg.env.num_envs, device)
+        self.counters = Counters()
+        self.obs = self.env.reset(seed=run.seed)
+        self.eval_env: VecEnv | None = None
+        self.checkpoint_path = out_dir / "checkpoint.pt"
+        self.last_checkpoint_step: int | None = None
+
+    # --- acting -------------------------------------------------------------------------
+
+    def _random_action(self) -> torch.Tensor:
+        n = self.cfg.env.num_envs
+        if self.discrete:
+            return torch.randint(self.env.num_actions, (n,), device=self.device)
+        return torch.rand(n, self.env.act_dim, device=self.device) * 2.0 - 1.0
+
+    def _act(self) -> torch.Tensor:
+        if self.counters.env_steps < self.cfg.agent.algorithm.training_start_step:
+            return self._random_action()
+        return self.agent.act(self.obs, deterministic=False)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def train(self) -> bool:
+        """Train to run.total_steps. Returns False if stopped early by Ctrl-C/SIGTERM.
+
+        A stop request is honoured between steps, so the checkpoint it writes is
+        consistent (never half an env step or half an update).
+        """
+        cfg, c = self.cfg, self.counters
+        alg = cfg.agent.algorithm
+        writer = MetricsWriter(self.out_dir)
+        bar = progress_bar(cfg.run.total_steps, c.env_steps)
+        last = (time.perf_counter(), c.env_steps, self.update.grad_steps)
+        start_wall = time.perf_counter() - c.wall_s
+        stop = []
+        handlers = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while c.env_steps < cfg.run.total_steps and not stop:
+                prev = c.env_steps
+                action = self._act()
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                self.buffer.add(self.obs, action, reward, info["final_obs"], terminated)
+                self.returns.update(reward, terminated | truncated)
+                self.obs = next_obs
+                c.env_steps += cfg.env.num_envs
+                c.vector_steps += 1
+                if c.env_steps >= alg.training_start_step and c.vector_steps % alg.training_frequency == 0:
+                    for _ in range(alg.training_iter):
+                        self.window.add(self.update.step(), self.update.grad_steps)
+                c.wall_s = time.perf_counter() - start_wall
+                bar.update(c.env_steps - prev)
+                if _crossed(prev, c.env_steps, cfg.run.log_every):
+                    last = self._log(writer, bar, last)
+                if cfg.run.eval_every and _crossed(prev, c.env_steps, cfg.run.eval_every):
+                    self._evaluate(writer)
+                if cfg.run.checkpoint_every and _crossed(prev, c.env_steps, cfg.run.checkpoint_every):
+                    self.checkpoint()
+            if self.window.counts or c.env_steps % cfg.run.log_every:
+                self._log(writer, bar, last)
+            self.checkpoint()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            bar.close()
+            writer.close()
+        if stop:
+            print(f"\nstopped at env step {c.env_steps}; checkpoint written to {self.checkpoint_path}",
+                  file=sys.stderr)
+        return not stop
+
+    def _log(self, writer: MetricsWriter, bar: Any, last: tuple[float, int, int]) -> tuple[float, int, int]:
+        self._check_finite()
+        c, now = self.counters, time.perf_counter()
+        t0, steps0, grads0 = last
+        elapsed = max(now - t0, 1e-9)
+        means = self.window.read()
+        row = {"kind": "train", "env_steps": c.env_steps, "grad_steps": self.update.grad_steps,
+               "wall_s": round(c.wall_s, 3), "sps": (c.env_steps - steps0) / elapsed,
+               "ups": (self.update.grad_steps - grads0) / elapsed, "return_mean": self.returns.read(),
+               **{k: means[k] for k in ("critic_loss", "actor_loss", "alpha", "q_mean")}}
+        writer.write(row)
+        ret = row["return_mean"]
+        bar.set_postfix(sps=f"{row['sps']:.0f}", ups=f"{row['ups']:.0f}",
+                        ret="-" if ret is None else f"{ret:.1f}", refresh=False)
+        return now, c.env_steps, self.update.grad_steps
+
+    def _evaluate(self, writer: MetricsWriter) -> None:
+        cfg, c = self.cfg, self.counters
+        if self.eval_env is None:
+            self.eval_env = make_env(cfg.env.name, cfg.run.eval_episodes, self.device, seed=cfg.run.seed + 1,
+                                     backend=cfg.env.backend, episode_length=cfg.env.episode_length)
+        c.evals += 1
+        mean, std, episodes = evaluate(self.agent, self.eval_env, seed=cfg.run.seed + 1000 * c.evals)
+        writer.write({"kind": "eval", "env_steps": c.env_steps, "wall_s": round(c.wall_s, 3),
+                      "return_mean": mean, "return_std": std, "episodes": episodes})
+
+    def _check_finite(self) -> None:
+        step = self.window.nonfinite_step()
+        if step is not None:
+            where = (f"the last good checkpoint is {self.checkpoint_path} (env step {self.last_checkpoint_step})"
+                     if self.last_checkpoint_step is not None else "no checkpoint was written")
+            raise TrainingError(f"NaN/Inf loss at gradient step {step} (before env step "
+                                f"{self.counters.env_steps}); training stopped; {where}")
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Save everything needed to continue exactly; never over a good one with NaNs."""
+        self._check_finite()
+        payload = {
+            "config": config_mod.to_dict(self.cfg),
+            "agent": self.agent.state_dict(),
+            "update": self.update.state_dict(),
+            "counters": vars(self.counters).copy(),
+            "obs": self.obs,
+            "env": self.env.state_dict(),
+            "returns": self.returns.state_dict(),
+            "window": self.window.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+        }
+        if self.cfg.run.save_buffer:
+            payload["buffer"] = self.buffer.state_dict()
+        save_checkpoint(payload, self.checkpoint_path)
+        self.last_checkpoint_step = self.counters.env_steps
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        try:
+            self.agent.load_state_dict(payload["agent"])
+            self.update.load_state_dict(payload["update"])
+            self.counters = Counters(**payload["counters"])
+            self.obs = payload["obs"].to(self.device)
+            self.env.load_state_dict(payload["env"])
+            self.returns.load_state_dict(payload["returns"])
+            self.window.load_state_dict(payload["window"])
+            if "buffer" in payload:
+                self.buffer.load_state_dict(payload["buffer"])
+            torch.set_rng_state(payload["rng"]["torch"])
+            if payload["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match this run ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]})") from None
+        if "buffer" not in payload and self.counters.env_steps > 0:
+            print("note: the checkpoint holds no replay buffer (--save-buffer); it refills from now on",
+                  file=sys.stderr)
+        self.last_checkpoint_step = self.counters.env_steps
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return after // every > before // every
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, preset = resolve_config(args)
+        device = resolve_device(cfg.run.device)
+        payload = load_checkpoint(Path(args.resume)) if args.resume else None
+        out_dir = prepare_out_dir(Path(args.resume or args.out or default_out_dir(cfg)))
+        print(f"crossq_gpu: preset {preset}, {cfg.agent.algorithm.name} on {cfg.env.name} "
+              f"({cfg.env.num_envs} envs), device {device}, out {out_dir}", flush=True)
+        if preset == "cpu":
+            print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
+                  f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)
+        run = Run(cfg, out_dir, device)
+        if payload is not None:
+            run.restore(payload)
+        config_mod.save_yaml(run.cfg, out_dir / "config.yaml")
+        if not run.train():
+            return EXIT_INTERRUPTED
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"done: {run.counters.env_steps} env steps; results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Configuration: presets, YAML round trip, --set overrides and errors that name the field."""
+
+import pytest
+import yaml
+
+from crossq_gpu.config import (Config, ConfigError, PRESETS, build_config, from_dict, load_yaml, save_yaml,
+                               set_dotted, to_dict)
+
+
+def test_paper_preset_matches_the_paper_defaults():
+    cfg, name = build_config("auto", cuda_available=True)
+    assert name == "paper"
+    alg, critic = cfg.agent.algorithm, cfg.agent.critic_net
+    assert (alg.gamma, alg.policy_delay, alg.training_start_step, alg.alpha_init) == (0.99, 3, 5000, 1.0)
+    assert critic.hidden == [2048, 2048] and critic.n_critics == 2 and critic.input_brn
+    brn = critic.batch_renorm
+    assert (brn.momentum, brn.eps, brn.r_max, brn.d_max, brn.warmup_steps) == (0.01, 1e-3, 3.0, 5.0, 100_000)
+    assert cfg.agent.net.optim.betas == [0.5, 0.999] and cfg.agent.memory.batch_size == 256
+
+
+def test_auto_preset_is_cpu_without_cuda():
+    cfg, name = build_config("auto", cuda_available=False)
+    assert name == "cpu"
+    assert cfg.agent.critic_net.hidden == [256, 256]
+    assert cfg.env.name == PRESETS["cpu"]["env"]["name"]
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg, _ = build_config("paper", False, overrides=["agent.memory.name=PrioritizedReplay", "run.seed=7"])
+    save_yaml(cfg, tmp_path / "config.yaml")
+    again, _ = build_config("cpu", False, config_file=str(tmp_path / "config.yaml"))
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_partial_file_merges_over_preset_and_set_wins(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"agent": {"algorithm": {"gamma": 0.95, "policy_delay": 2}}}))
+    cfg, _ = build_config("paper", False, str(tmp_path / "c.yaml"), ["agent.algorithm.policy_delay=5"])
+    assert cfg.agent.algorithm.gamma == 0.95
+    assert cfg.agent.algorithm.policy_delay == 5
+    assert cfg.agent.critic_net.hidden == [2048, 2048]
+
+
+def test_set_parses_yaml_values():
+    tree = set_dotted(to_dict(Config()), "agent.critic_net.hidden=[64, 32]")
+    tree = set_dotted(tree, "run.total_steps=1e5")
+    cfg = from_dict(tree)
+    assert cfg.agent.critic_net.hidden == [64, 32]
+    assert cfg.run.total_steps == 100_000 and isinstance(cfg.run.total_steps, int)
+
+
+@pytest.mark.parametrize("assignment, fragment", [
+    ("agent.memory.bogus=1", "agent.memory.bogus"),
+    ("agent.critic_net.batch_renorm.rmax=3", "agent.critic_net.batch_renorm.rmax"),
+    ("nope=1", "nope"),
+    ("agent.algorithm.name=PPO", "agent.algorithm.name"),
+    ("run.compile=maybe", "run.compile"),
+    ("env.num_envs=0", "env.num_envs"),
+    ("agent.critic_net.batch_renorm.momentum=0", "momentum"),
+])
+def test_bad_fields_are_named(assignment, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        build_config("paper", False, overrides=[assignment])
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    (tmp_path / "c.yaml").write_text("agent:\n  net:\n    hiden: [1]\n")
+    with pytest.raises(ConfigError, match=r"agent\.net\.hiden"):
+        build_config("paper", False, str(tmp_path / "c.yaml"))
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("fast", False)
+
+
+def test_invalid_yaml_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("agent: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(tmp_path / "c.yaml")
