@@ -138,6 +138,11 @@ class ReplayBuffer:
         raw = torch.randint(0, _RAND_HIGH, (batch_size,), device=self.device)
         return self._gather(raw % self.size.clamp(min=1), None)
 
+    def mutable_tensors(self) -> list[Tensor]:
+        """Tensors that `sample` and `update_priorities` change: what a CUDA-graph warm-up of the
+        update must restore. None for uniform sampling; the storage is only written by `add`."""
+        return []
+
     def state_dict(self) -> dict[str, Tensor]:
         """All buffer state as CPU tensors (for `checkpoint.pt` with `--save-buffer`)."""
         return {name: getattr(self, name).cpu() for name in self._state_names()}
@@ -252,6 +257,9 @@ class PrioritizedReplay(ReplayBuffer):
         priorities = (td_errors.detach().abs().double().reshape(-1) + self.eps).pow(self.alpha)
         self._set_priorities(indices, priorities)
         self.max_priority.copy_(torch.maximum(self.max_priority, priorities.max()))
+
+    def mutable_tensors(self) -> list[Tensor]:
+        return [self.tree, self.max_priority, self.sample_calls]
 
     def _state_names(self) -> tuple[str, ...]:
         return (*super()._state_names(), "tree", "max_priority", "sample_calls")

@@ -93,6 +93,7 @@ def test_sample_is_reproducible_and_side_effect_free() -> None:
     assert torch.equal(first.indices, second.indices)
     for name, value in buf.state_dict().items():
         assert torch.equal(value, before[name]), name
+    assert buf.mutable_tensors() == []
 
 
 def test_discrete_int64_actions() -> None:

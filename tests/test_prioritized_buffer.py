@@ -137,6 +137,18 @@ def test_beta_anneals_linearly_by_sample_calls_then_holds() -> None:
     assert buf.beta().item() == pytest.approx(1.0)  # only sample() moves β
 
 
+def test_sample_and_update_change_only_the_mutable_tensors() -> None:
+    buf = make(max_size=12, num_envs=3)
+    add_steps(buf, 3)
+    before = {name: value.clone() for name, value in buf.state_dict().items()}
+    batch = buf.sample(8)
+    buf.update_priorities(batch.indices, torch.full((8,), 9.0))
+    mutable = {id(t) for t in buf.mutable_tensors()}
+    changed = {name for name, value in before.items() if not torch.equal(getattr(buf, name), value)}
+    assert changed == {"tree", "max_priority", "sample_calls"}
+    assert all(id(getattr(buf, name)) in mutable for name in changed)
+
+
 def test_state_round_trip_includes_tree_and_counters() -> None:
     src = make(max_size=12, num_envs=3, beta_steps=5)
     add_steps(src, 5)
