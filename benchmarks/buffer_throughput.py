@@ -1,0 +1,171 @@
+"""Replay vs PrioritizedReplay throughput: `python -m benchmarks.buffer_throughput`.
+
+For each capacity the buffer is filled to the brim by `add` (timed: transitions/s), then
+`sample` and, as the learner does it, `sample` + `update_priorities` are timed per batch
+size (transitions/s). Both buffers run in the same process so the PER/uniform ratios are
+comparable even on a shared machine. Writes benchmarks/results/buffer_throughput_<device>.json
+(+ .png) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+from crossq_gpu.buffer import PrioritizedReplay, ReplayBuffer
+
+RESULTS = Path(__file__).parent / "results"
+BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedReplay": PrioritizedReplay}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--capacities", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    p.add_argument("--max-capacity", type=float, default=float("inf"), help="skip capacities above this")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 4096])
+    p.add_argument("--obs-dim", type=int, default=27, help="27: Brax ant")
+    p.add_argument("--act-dim", type=int, default=8)
+    p.add_argument("--num-envs", type=int, default=4096, help="transitions per add()")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch's default if unset); 1 avoids OpenMP barrier stalls on a busy shared CPU")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timed measurement")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default results/buffer_throughput_<device>.json)")
+    return p.parse_args()
+
+
+def per_call_seconds(fn: Callable[[], object], device: torch.device, min_run_time: float) -> float:
+    """Median seconds per call; torch's Timer synchronises CUDA around each block."""
+    Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2)  # warm-up: thread pool, allocator
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, threads={torch.get_num_threads()}"
+    return platform.processor() or "cpu"
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    buf = BUFFERS[name](args.obs_dim, (args.act_dim,), capacity, args.num_envs, device)
+    n = args.num_envs
+    step = (torch.randn(n, args.obs_dim, device=device), torch.rand(n, args.act_dim, device=device) * 2 - 1,
+            torch.randn(n, device=device), torch.randn(n, args.obs_dim, device=device), torch.zeros(n, device=device))
+    for _ in range(-(-capacity // n)):  # fill to the brim: sampling cost depends on the stored range
+        buf.add(*step)
+    add_s = per_call_seconds(lambda: buf.add(*step), device, args.min_run_time)
+    rows = []
+    for batch_size in args.batch_sizes:
+        sample_s = per_call_seconds(lambda: buf.sample(batch_size), device, args.min_run_time)
+        if isinstance(buf, PrioritizedReplay):
+            td = torch.rand(batch_size, device=device)
+
+            def learner_step() -> None:
+                buf.update_priorities(buf.sample(batch_size).indices, td)
+
+            step_s = per_call_seconds(learner_step, device, args.min_run_time)
+        else:
+            step_s = sample_s  # uniform sampling has no priority update
+        rows.append({"buffer": name, "capacity": capacity, "batch_size": batch_size,
+                     "add_per_s": n / add_s, "sample_per_s": batch_size / sample_s,
+                     "sample_update_per_s": batch_size / step_s})
+    del buf, step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict]) -> str:
+    """One line per (capacity, batch): both buffers in transitions/s and the PER/uniform ratios."""
+    header = (f"{'capacity':>10} {'batch':>6} | {'add/s':>9} {'sample/s':>9} | {'PER add/s':>9} "
+              f"{'sample/s':>9} {'+update/s':>9} | {'add':>5} {'sample':>6} {'+upd':>5}")
+    lines = [header, "-" * len(header)]
+    by_key = {(r["buffer"], r["capacity"], r["batch_size"]): r for r in rows}
+    for (name, capacity, batch_size), uni in by_key.items():
+        if name != "Replay":
+            continue
+        per = by_key[("PrioritizedReplay", capacity, batch_size)]
+        lines.append(
+            f"{capacity:>10.0e} {batch_size:>6} | {uni['add_per_s']:>9.3g} {uni['sample_per_s']:>9.3g} | "
+            f"{per['add_per_s']:>9.3g} {per['sample_per_s']:>9.3g} {per['sample_update_per_s']:>9.3g} | "
+            f"{per['add_per_s'] / uni['add_per_s']:>5.2f} {per['sample_per_s'] / uni['sample_per_s']:>6.2f} "
+            f"{per['sample_update_per_s'] / uni['sample_per_s']:>5.2f}"
+        )
+    table = "\n".join(lines)
+    print(table)
+    print("transitions/s; ratios are PrioritizedReplay / Replay (+upd: PER sample+update_priorities vs uniform sample)")
+    return table
+
+
+def plot(rows: list[dict], title: str, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, style in (("Replay", "-"), ("PrioritizedReplay", "--")):
+        for color, batch_size in enumerate(sorted({r["batch_size"] for r in rows})):
+            sel = [r for r in rows if r["buffer"] == name and r["batch_size"] == batch_size]
+            key = "sample_update_per_s" if name == "PrioritizedReplay" else "sample_per_s"
+            axes[0].plot([r["capacity"] for r in sel], [r[key] for r in sel], style, marker="o", color=f"C{color}",
+                         label=f"{name} B={batch_size}")
+        sel = [r for r in rows if r["buffer"] == name and r["batch_size"] == rows[0]["batch_size"]]
+        axes[1].plot([r["capacity"] for r in sel], [r["add_per_s"] for r in sel], style, marker="o", label=name)
+    axes[0].set_title("sample (PER: + update_priorities)")
+    axes[1].set_title("add")
+    for ax in axes:
+        ax.set(xscale="log", yscale="log", xlabel="capacity (transitions)", ylabel="transitions / s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    capacities = [int(c) for c in args.capacities if c <= args.max_capacity]
+    rows = [row for capacity in capacities for name in BUFFERS for row in bench_capacity(name, capacity, args, device)]
+    table = print_table(rows)
+    meta = {"benchmark": "buffer_throughput", "device": device_name(device), "device_type": device.type,
+            "torch": torch.__version__, "python": platform.python_version(), "commit": git_commit(),
+            "config": {k: v for k, v in vars(args).items() if k not in ("out", "max_capacity")} | {"capacities": capacities}}
+    out = args.out or RESULTS / f"buffer_throughput_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "rows": rows, "table": table}, indent=1, default=str) + "\n")
+    png = out.with_suffix(".png")
+    wrote_png = plot(rows, f"buffer throughput — {meta['device']}, torch {meta['torch']}", png)
+    print(f"wrote {out}" + (f" and {png}" if wrote_png else ""))
+
+
+if __name__ == "__main__":
+    main()
