@@ -1,0 +1,217 @@
+"""Batch Renormalization: the `batch_renorm` dispatcher and the `BatchRenorm1d` modules.
+
+`batch_renorm` picks the implementation (Triton on CUDA, the torch reference elsewhere),
+casts to float32 with autocast off (BRN in bf16/fp16 is a known NaN source), and validates
+shapes. Both implementations share `renorm_factors` / `update_running_stats`, so warmup,
+clipping and the running-statistics update are one piece of code.
+"""
+
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+from crossq_gpu.kernels.reference import (
+    Relu,
+    batch_renorm_reference,
+    read_stats,
+    renorm_factors,
+    update_running_stats,
+)
+
+try:
+    from crossq_gpu.kernels import triton_brn
+except ModuleNotFoundError as err:  # Triton is optional on CPU-only installs.
+    if err.name != "triton":
+        raise
+    triton_brn = None  # type: ignore[assignment]
+
+Impl = Literal["auto", "torch", "triton"]
+
+
+def _use_triton(x: Tensor, impl: Impl) -> bool:
+    if impl == "torch":
+        return False
+    if impl == "auto":
+        return x.is_cuda and triton_brn is not None
+    if impl != "triton":
+        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    if triton_brn is None:
+        raise ValueError("impl='triton' needs the triton package")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("impl='triton' on non-CUDA tensors needs TRITON_INTERPRET=1 (tests only)")
+    return True
+
+
+def _check(x: Tensor, per_channel: dict[str, Tensor], training: bool, relu: str) -> None:
+    if x.dim() not in (2, 3):
+        raise ValueError(f"expected an [N, C] or [E, N, C] input, got shape {list(x.shape)}")
+    want = x.shape[:-2] + x.shape[-1:]
+    for name, t in per_channel.items():
+        if t.shape != want:
+            raise ValueError(f"{name} has shape {list(t.shape)}, expected {list(want)} for input {list(x.shape)}")
+    if relu not in ("none", "input", "output"):
+        raise ValueError(f"relu must be 'none', 'input' or 'output', got {relu!r}")
+    if training and x.shape[-2] < 2:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {list(x.shape)}"
+        )
+
+
+def batch_renorm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    *,
+    training: bool,
+    momentum: float,
+    eps: float,
+    r_max: float,
+    d_max: float,
+    warmup_steps: int,
+    relu: Relu = "none",
+    impl: Impl = "auto",
+) -> Tensor:
+    """Batch Renormalization (SPEC §2) of x [N, C] or [E, N, C] over dim -2, fused with a ReLU.
+
+    relu="input": y = BRN(relu(x)) (Linear → ReLU → BRN); relu="output": y = relu(BRN(x)).
+    In training mode running_mean/running_var/steps are updated in place. Output is float32.
+    impl="auto" runs Triton on CUDA tensors and the torch reference otherwise.
+    """
+    _check(
+        x,
+        {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var},
+        training,
+        relu,
+    )
+    hyper = dict(eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        if not _use_triton(x, impl):
+            return batch_renorm_reference(
+                x, weight, bias, running_mean, running_var, steps,
+                training=training, momentum=momentum, relu=relu, **hyper,
+            )
+        if not training:
+            rstd = torch.rsqrt(read_stats(running_var) + eps)
+            return triton_brn.brn_apply(x, read_stats(running_mean), rstd, weight, bias, relu, False)
+        mean, var = triton_brn.brn_batch_stats(x.detach(), relu == "input")
+        r, d = renorm_factors(mean, var, running_mean, running_var, steps, **hyper)
+        update_running_stats(
+            mean, var, x.shape[-2], running_mean, running_var, steps, momentum=momentum
+        )
+        rstd = torch.rsqrt(var + eps)
+        return triton_brn.brn_apply(x, mean, rstd, weight * r, weight * d + bias, relu, True)
+
+
+class BatchRenorm1d(nn.Module):
+    """Batch Renormalization layer (Ioffe 2017) as CrossQ uses it; see SPEC §2.
+
+    With `ensemble_size=E` every tensor gets a leading E dimension and the layer normalises
+    an [E, N, C] input as E independent layers (one per critic of a batched ensemble).
+    `impl` is a plain attribute, so a benchmark or config can switch it after construction.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        momentum: float = 0.01,
+        eps: float = 1e-3,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_steps: int = 100_000,
+        *,
+        relu: Relu = "none",
+        ensemble_size: int | None = None,
+        impl: Impl = "auto",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.momentum, self.eps, self.r_max, self.d_max = momentum, eps, r_max, d_max
+        self.warmup_steps = warmup_steps
+        self.relu: Relu = relu
+        self.ensemble_size = ensemble_size
+        self.impl: Impl = impl
+        shape = self._param_shape()
+        self.weight = nn.Parameter(torch.empty(shape, device=device))
+        self.bias = nn.Parameter(torch.empty(shape, device=device))
+        self.register_buffer("running_mean", torch.empty(shape, device=device))
+        self.register_buffer("running_var", torch.empty(shape, device=device))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    def _param_shape(self) -> tuple[int, ...]:
+        c = self.num_features
+        return (c,) if self.ensemble_size is None else (self.ensemble_size, c)
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0, running stats of a standard normal, warmup restarted."""
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.steps.zero_()
+
+    def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
+        """`training` overrides the module mode, so callers can set it per call site."""
+        return batch_renorm(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.steps,
+            training=self.training if training is None else training, momentum=self.momentum, eps=self.eps, r_max=self.r_max,
+            d_max=self.d_max, warmup_steps=self.warmup_steps, relu=self.relu, impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, momentum={self.momentum}, eps={self.eps}, r_max={self.r_max}, "
+            f"d_max={self.d_max}, warmup_steps={self.warmup_steps}, relu={self.relu!r}, "
+            f"ensemble_size={self.ensemble_size}, impl={self.impl!r}"
+        )
+
+
+class LazyBatchRenorm1d(LazyModuleMixin, BatchRenorm1d):
+    """`BatchRenorm1d` whose num_features is taken from the last dim of the first input."""
+
+    cls_to_become = BatchRenorm1d
+    weight: UninitializedParameter  # type: ignore[assignment]
+    bias: UninitializedParameter  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        momentum: float = 0.01,
+        eps: float = 1e-3,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_steps: int = 100_000,
+        *,
+        relu: Relu = "none",
+        ensemble_size: int | None = None,
+        impl: Impl = "auto",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            0, momentum, eps, r_max, d_max, warmup_steps,
+            relu=relu, ensemble_size=ensemble_size, impl=impl, device=device,
+        )
+        self.weight = UninitializedParameter(device=device, dtype=torch.float32)
+        self.bias = UninitializedParameter(device=device, dtype=torch.float32)
+        self.running_mean = UninitializedBuffer(device=device, dtype=torch.float32)
+        self.running_var = UninitializedBuffer(device=device, dtype=torch.float32)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.num_features != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
+        if self.has_uninitialized_params():
+            self.num_features = x.shape[-1]
+            for t in (self.weight, self.bias, self.running_mean, self.running_var):
+                t.materialize(self._param_shape())
+            self.reset_parameters()

@@ -1,0 +1,117 @@
+"""Batch Renormalization (Ioffe 2017) in plain torch ops — the oracle for the Triton kernels.
+
+This is SPEC §2 written out line by line. It is also the CPU implementation, so it must
+stay free of host syncs: the warmup switch is a `torch.where` on the `steps` tensor, never a
+Python `if`, and the whole function compiles with `torch.compile(fullgraph=True)`.
+
+Shapes: x is [N, C] or an ensemble [E, N, C]; statistics are taken over N (dim -2);
+per-channel tensors are [C] or [E, C]; `steps` is an int64 scalar shared by the ensemble.
+The caller (`batch_renorm`) has already cast x to float32 and disabled autocast.
+"""
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Relu = Literal["none", "input", "output"]
+
+
+@torch.library.custom_op("crossq_gpu::stats_snapshot", mutates_args=())
+def _stats_snapshot(t: Tensor) -> Tensor:
+    return t.clone()
+
+
+_stats_snapshot.register_fake(torch.empty_like)
+
+
+def read_stats(t: Tensor) -> Tensor:
+    """A read of running_mean/running_var/steps that torch.compile saves instead of recomputing.
+
+    torch 2.13's AOT partitioner may recompute, in the backward, values derived from an
+    input that the same graph mutates — from the already-mutated buffer (pytorch/pytorch
+    PR #197039). A train-mode BRN call (r, d from the old stats) or an eval-mode call after
+    one in the same compiled graph then gets silently wrong gradients. An opaque custom op
+    is never recomputed, so under compile every differentiable read goes through a copy;
+    eager reads the buffer directly.
+    """
+    return _stats_snapshot(t) if torch.compiler.is_compiling() else t
+
+
+@torch.no_grad()
+def renorm_factors(
+    mean: Tensor,
+    var: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    *,
+    eps: float,
+    r_max: float,
+    d_max: float,
+    warmup_steps: int,
+) -> tuple[Tensor, Tensor]:
+    """r and d (constants for autograd) from the batch and the *current* running stats.
+
+    r = 1, d = 0 while steps < warmup_steps, which makes BRN plain batch norm.
+    """
+    running_mean, running_var, steps = map(read_stats, (running_mean, running_var, steps))
+    running_std = torch.sqrt(running_var + eps)
+    r = (torch.sqrt(var + eps) / running_std).clamp(1.0 / r_max, r_max)
+    d = ((mean - running_mean) / running_std).clamp(-d_max, d_max)
+    warm = steps < warmup_steps
+    return torch.where(warm, 1.0, r), torch.where(warm, 0.0, d)
+
+
+@torch.no_grad()
+def update_running_stats(
+    mean: Tensor,
+    var: Tensor,
+    n: int,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    *,
+    momentum: float,
+) -> None:
+    """In-place update with torch.nn.BatchNorm's convention (unbiased variance, momentum on the new value)."""
+    running_mean.lerp_(mean, momentum)
+    running_var.lerp_(var * (n / (n - 1)), momentum)
+    steps.add_(1)
+
+
+def batch_renorm_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    *,
+    training: bool,
+    momentum: float,
+    eps: float,
+    r_max: float,
+    d_max: float,
+    warmup_steps: int,
+    relu: Relu = "none",
+) -> Tensor:
+    """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x); eval uses the running stats."""
+    h = torch.relu(x) if relu == "input" else x
+    if training:
+        var, mean = torch.var_mean(h, dim=-2, correction=0)
+        r, d = renorm_factors(
+            mean.detach(), var.detach(), running_mean, running_var, steps,
+            eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps,
+        )
+        update_running_stats(
+            mean.detach(), var.detach(), h.shape[-2], running_mean, running_var, steps,
+            momentum=momentum,
+        )
+        xhat = (h - mean.unsqueeze(-2)) / torch.sqrt(var + eps).unsqueeze(-2)
+        xhat = xhat * r.unsqueeze(-2) + d.unsqueeze(-2)
+    else:
+        rstd = torch.rsqrt(read_stats(running_var) + eps)
+        xhat = (h - read_stats(running_mean).unsqueeze(-2)) * rstd.unsqueeze(-2)
+    y = xhat * weight.unsqueeze(-2) + bias.unsqueeze(-2)
+    return torch.relu(y) if relu == "output" else y
