@@ -1,0 +1,344 @@
+"""Fused Batch Renormalization in Triton: kernels → launchers → custom ops with autograd.
+
+The layer factors into two differentiable-free reductions and one elementwise map, with
+h = relu(x) when the ReLU sits on the input side:
+
+    forward   mean, var  = batch statistics of h            (`brn_batch_stats`)
+              y = act(scale · (h − mean) · rstd + shift)     (`brn_apply`)
+    backward  g = dy · [y > 0] (output ReLU),  x̂ = (h − mean) · rstd
+              Σg, Σg·x̂ per channel → dshift, dscale
+              dx = scale · rstd · (g − [batch] (Σg + x̂ Σg·x̂) / N) · [x > 0] (input ReLU)
+
+`batch_renorm` (the dispatcher) passes scale = γ·r and shift = γ·d + β, so torch autograd
+turns dscale/dshift into dγ = r·Σg·x̂ + d·Σg and dβ = Σg, while r and d stay constants as
+SPEC §2 requires. In training mode mean/rstd are the batch's, passed in detached, and
+`batch=True` tells the backward they depend on x (the "− mean" terms of the BN gradient);
+eval mode is the same op with the running statistics and `batch=False`.
+
+Reductions over N are split across programs (rows_per_program rows each, in BLOCK_N tiles)
+into [R, E, C] partials that torch combines: per-program mean and M2 with Chan's parallel
+formula (numerically safe, unlike Σx² − (Σx)²), per-program Σg and Σg·x̂. No atomics, so
+results are deterministic. The ReLU is never materialised: it is recomputed from x.
+
+torch.compile: the ops are `torch.library.triton_op`s that launch through `wrap_triton`,
+with autograd registered by `register_autograd`, so Dynamo traces them without graph breaks
+and Inductor sees the Triton kernels (on CUDA). Only the eager interpreter path
+(TRITON_INTERPRET=1, CPU) and Dynamo tracing with the aot_eager backend are tested here.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+RELU_CODES = {"none": 0, "input": 1, "output": 2}
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr,  # [E, N, C] f32 input
+    mean_ptr,  # [R, E, C] f32 out: mean of this program's rows
+    m2_ptr,  # [R, E, C] f32 out: Σ (h − mean)² over this program's rows
+    N,
+    C,
+    E,
+    rows_per_program,
+    RELU_INPUT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_e = tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    x_ptr += pid_e.to(tl.int64) * N * C
+    row_start = pid_r * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, N)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        mask = (rows < row_end)[:, None] & col_mask[None, :]
+        h = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0)
+        if RELU_INPUT:
+            h = tl.maximum(h, 0.0)
+        # Chan et al.: merge this tile's (count, mean, M2) into the running one.
+        n_prev = (start - row_start).to(tl.float32)
+        n_tile = tl.minimum(row_end - start, BLOCK_N).to(tl.float32)
+        tile_mean = tl.sum(h, axis=0) / n_tile
+        dev = tl.where(mask, h - tile_mean[None, :], 0.0)
+        delta = tile_mean - mean
+        n_tot = n_prev + n_tile
+        mean += delta * (n_tile / n_tot)
+        m2 += tl.sum(dev * dev, axis=0) + delta * delta * (n_prev * n_tile / n_tot)
+    out = (pid_r * E + pid_e) * C + cols
+    tl.store(mean_ptr + out, mean, mask=col_mask)
+    tl.store(m2_ptr + out, m2, mask=col_mask)
+
+
+@triton.jit
+def _apply_kernel(
+    x_ptr,  # [E, N, C] f32 input
+    y_ptr,  # [E, N, C] f32 out
+    mean_ptr,  # [E, C] f32 centre (batch or running mean)
+    rstd_ptr,  # [E, C] f32 1/sqrt(var + eps)
+    scale_ptr,  # [E, C] f32 γ·r
+    shift_ptr,  # [E, C] f32 γ·d + β
+    N,
+    C,
+    RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_e = tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < N)[:, None] & col_mask[None, :]
+    chan = pid_e * C + cols
+    mean = tl.load(mean_ptr + chan, mask=col_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + chan, mask=col_mask, other=0.0)
+    scale = tl.load(scale_ptr + chan, mask=col_mask, other=0.0)
+    shift = tl.load(shift_ptr + chan, mask=col_mask, other=0.0)
+    offs = pid_e.to(tl.int64) * N * C + rows.to(tl.int64)[:, None] * C + cols[None, :]
+    h = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if RELU == 1:
+        h = tl.maximum(h, 0.0)
+    y = (h - mean[None, :]) * (rstd * scale)[None, :] + shift[None, :]
+    if RELU == 2:
+        y = tl.maximum(y, 0.0)
+    tl.store(y_ptr + offs, y, mask=mask)
+
+
+@triton.jit
+def _grad_sums_kernel(
+    x_ptr,  # [E, N, C] f32 forward input
+    dy_ptr,  # [E, N, C] f32 upstream gradient
+    mean_ptr,  # [E, C] f32
+    rstd_ptr,  # [E, C] f32
+    scale_ptr,  # [E, C] f32
+    shift_ptr,  # [E, C] f32
+    sum_g_ptr,  # [R, E, C] f32 out: Σ g over this program's rows
+    sum_gx_ptr,  # [R, E, C] f32 out: Σ g·x̂ over this program's rows
+    N,
+    C,
+    E,
+    rows_per_program,
+    RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_e = tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    chan = pid_e * C + cols
+    mean = tl.load(mean_ptr + chan, mask=col_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + chan, mask=col_mask, other=0.0)
+    scale = tl.load(scale_ptr + chan, mask=col_mask, other=0.0)
+    shift = tl.load(shift_ptr + chan, mask=col_mask, other=0.0)
+    base = pid_e.to(tl.int64) * N * C
+    row_start = pid_r * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, N)
+    sum_g = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        mask = (rows < row_end)[:, None] & col_mask[None, :]
+        offs = base + rows.to(tl.int64)[:, None] * C + cols[None, :]
+        h = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        g = tl.load(dy_ptr + offs, mask=mask, other=0.0)
+        if RELU == 1:
+            h = tl.maximum(h, 0.0)
+        xhat = (h - mean[None, :]) * rstd[None, :]
+        if RELU == 2:
+            g = tl.where(xhat * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+        sum_g += tl.sum(g, axis=0)
+        sum_gx += tl.sum(g * xhat, axis=0)
+    out = (pid_r * E + pid_e) * C + cols
+    tl.store(sum_g_ptr + out, sum_g, mask=col_mask)
+    tl.store(sum_gx_ptr + out, sum_gx, mask=col_mask)
+
+
+@triton.jit
+def _grad_input_kernel(
+    x_ptr,  # [E, N, C] f32 forward input
+    dy_ptr,  # [E, N, C] f32 upstream gradient
+    dx_ptr,  # [E, N, C] f32 out
+    mean_ptr,  # [E, C] f32
+    rstd_ptr,  # [E, C] f32
+    scale_ptr,  # [E, C] f32
+    shift_ptr,  # [E, C] f32
+    mean_g_ptr,  # [E, C] f32 Σg / N
+    mean_gx_ptr,  # [E, C] f32 Σg·x̂ / N
+    N,
+    C,
+    RELU: tl.constexpr,
+    BATCH: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_e = tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < N)[:, None] & col_mask[None, :]
+    chan = pid_e * C + cols
+    mean = tl.load(mean_ptr + chan, mask=col_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + chan, mask=col_mask, other=0.0)
+    scale = tl.load(scale_ptr + chan, mask=col_mask, other=0.0)
+    shift = tl.load(shift_ptr + chan, mask=col_mask, other=0.0)
+    offs = pid_e.to(tl.int64) * N * C + rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(dy_ptr + offs, mask=mask, other=0.0)
+    h = x
+    if RELU == 1:
+        h = tl.maximum(x, 0.0)
+    xhat = (h - mean[None, :]) * rstd[None, :]
+    if RELU == 2:
+        g = tl.where(xhat * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+    if BATCH:
+        mean_g = tl.load(mean_g_ptr + chan, mask=col_mask, other=0.0)
+        mean_gx = tl.load(mean_gx_ptr + chan, mask=col_mask, other=0.0)
+        g = g - mean_g[None, :] - xhat * mean_gx[None, :]
+    dx = g * (scale * rstd)[None, :]
+    if RELU == 1:
+        dx = tl.where(x > 0.0, dx, 0.0)
+    tl.store(dx_ptr + offs, dx, mask=mask)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+@functools.cache
+def _target_programs(device: torch.device) -> int:
+    """Programs to aim for in a reduction: a few waves of SMs on CUDA; a handful in the interpreter."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def launch_config(n: int, c: int, e: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_C, rows_per_program) for an [E, N, C] problem.
+
+    On CUDA a tile holds ~4K elements, 128 channels wide (512 B coalesced rows). Elsewhere
+    (the CPU interpreter, i.e. tests) tiles are 16 rows × ≤ 64 channels so that small test shapes already
+    need several row programs, several tiles per program and masked edges.
+    """
+    if device.type == "cuda":
+        block_c = min(triton.next_power_of_2(c), 128)
+        block_n = min(4096 // block_c, 256)
+    else:
+        block_c, block_n = min(triton.next_power_of_2(c), 64), 16
+    tiles = triton.cdiv(n, block_n)
+    row_programs = min(tiles, triton.cdiv(_target_programs(device), triton.cdiv(c, block_c) * e))
+    return block_n, block_c, triton.cdiv(tiles, row_programs) * block_n
+
+
+def _dims(x: Tensor) -> tuple[int, int, int]:
+    """(E, N, C) of an [N, C] or [E, N, C] input."""
+    return (1, *x.shape) if x.dim() == 2 else tuple(x.shape)  # type: ignore[return-value]
+
+
+@triton_op("crossq_gpu::brn_batch_stats", mutates_args=())
+def brn_batch_stats(x: Tensor, relu_input: bool) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over dim -2 of h (= relu(x) if relu_input); not differentiable."""
+    x = x.contiguous()
+    e, n, c = _dims(x)
+    block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
+    r = triton.cdiv(n, rows_per_program)
+    part_mean = x.new_empty((r, *x.shape[:-2], c))
+    part_m2 = torch.empty_like(part_mean)
+    wrap_triton(_stats_kernel)[(r, triton.cdiv(c, block_c), e)](
+        x, part_mean, part_m2, n, c, e, rows_per_program,
+        RELU_INPUT=relu_input, BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    counts = (n - rows_per_program * torch.arange(r, device=x.device)).clamp(max=rows_per_program)
+    counts = counts.to(torch.float32).view(r, *[1] * (x.dim() - 1))
+    mean = (part_mean * counts).sum(0) / n
+    m2 = (part_m2 + counts * (part_mean - mean).square()).sum(0)
+    return mean, m2 / n
+
+
+@triton_op("crossq_gpu::brn_apply", mutates_args=())
+def brn_apply(
+    x: Tensor, mean: Tensor, rstd: Tensor, scale: Tensor, shift: Tensor, relu: str, batch: bool
+) -> Tensor:
+    """y = act(scale·(h − mean)·rstd + shift); `batch` says mean/rstd are x's own statistics."""
+    x = x.contiguous()
+    e, n, c = _dims(x)
+    block_n, block_c, _ = launch_config(n, c, e, x.device)
+    y = torch.empty_like(x)
+    wrap_triton(_apply_kernel)[(triton.cdiv(n, block_n), triton.cdiv(c, block_c), e)](
+        x, y, mean.contiguous(), rstd.contiguous(), scale.contiguous(), shift.contiguous(), n, c,
+        RELU=RELU_CODES[relu], BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    return y
+
+
+@triton_op("crossq_gpu::brn_apply_backward", mutates_args=())
+def brn_apply_backward(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    relu: str,
+    batch: bool,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dscale, dshift) of `brn_apply`; dx is empty when not needed (saves a full pass)."""
+    x, dy = x.contiguous(), dy.contiguous()
+    e, n, c = _dims(x)
+    block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
+    r = triton.cdiv(n, rows_per_program)
+    mean, rstd, scale, shift = (t.contiguous() for t in (mean, rstd, scale, shift))
+    part_g = x.new_empty((r, *mean.shape))
+    part_gx = torch.empty_like(part_g)
+    wrap_triton(_grad_sums_kernel)[(r, triton.cdiv(c, block_c), e)](
+        x, dy, mean, rstd, scale, shift, part_g, part_gx, n, c, e, rows_per_program,
+        RELU=RELU_CODES[relu], BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    sum_g, sum_gx = part_g.sum(0), part_gx.sum(0)
+    if not need_dx:
+        return x.new_empty(0), sum_gx, sum_g
+    dx = torch.empty_like(x)
+    wrap_triton(_grad_input_kernel)[(triton.cdiv(n, block_n), triton.cdiv(c, block_c), e)](
+        x, dy, dx, mean, rstd, scale, shift, sum_g / n, sum_gx / n, n, c,
+        RELU=RELU_CODES[relu], BATCH=batch, BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    return dx, sum_gx, sum_g
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    x, mean, rstd, scale, shift, relu, batch = inputs
+    ctx.save_for_backward(x, mean, rstd, scale, shift)
+    ctx.relu, ctx.batch = relu, batch
+
+
+def _backward(ctx, dy: Tensor):  # type: ignore[no-untyped-def]
+    x, mean, rstd, scale, shift = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
+    dx, dscale, dshift = brn_apply_backward(
+        dy, x, mean, rstd, scale, shift, ctx.relu, ctx.batch, need_dx
+    )
+    return (dx if need_dx else None), None, None, dscale, dshift, None, None
+
+
+brn_apply.register_autograd(_backward, setup_context=_setup_context)
