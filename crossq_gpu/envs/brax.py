@@ -1,0 +1,252 @@
+"""Brax envs (and any env with Brax's reset(key) / step(state, action) interface) as a VecEnv.
+
+Our own jitted, vmapped reset/step around the raw env: an episode-step counter for the time
+limit (truncation, kept apart from the env's own `done` = termination) and an auto-reset that
+returns the true final observation, both with jnp.where so the step is one XLA program.
+Tensors cross between JAX and torch through DLPack without a copy.
+
+Stream order on CUDA: we rely on the DLPack handshake rather than a host sync. In
+jax.dlpack.from_dlpack(action) JAX passes its stream to torch's __dlpack__, which records an
+event on torch's current stream and makes JAX's stream wait on it, so JAX never reads an action
+torch is still writing; torch.from_dlpack(output) does the converse. The action handed over is
+always a fresh tensor (the clamp below), owned by the DLPack capsule until JAX drops it, so a
+later in-place write or CUDA-graph replay into the caller's action tensor cannot race the read.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+
+from crossq_gpu.envs.base import unknown_env
+
+if TYPE_CHECKING:
+    import jax
+
+BACKENDS = ("generalized", "mjx", "spring", "positional")
+DEFAULT_EPISODE_LENGTH = 1000
+# Brax's own test stub (host callbacks counting calls), not a task.
+_NOT_TASKS = {"fast"}
+
+
+@cache
+def jax_module() -> Any:
+    """Import and configure JAX once: no pre-allocation, explicit precision, persistent cache.
+
+    XLA_PYTHON_CLIENT_PREALLOCATE must be set before JAX starts its GPU client, or JAX takes
+    75 % of the GPU that torch also needs. Matmul precision "highest" (full float32: physics
+    under TF32 drifts) unless JAX_DEFAULT_MATMUL_PRECISION says otherwise. The compile cache
+    lives in $CROSSQ_GPU_JAX_CACHE (empty string: off), default ~/.cache/crossq_gpu/jax.
+    """
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
+        jax.config.update("jax_default_matmul_precision", "highest")
+    cache_dir = os.environ.get("CROSSQ_GPU_JAX_CACHE",
+                               str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                   / "crossq_gpu" / "jax"))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return jax
+
+
+def brax_env_names() -> list[str]:
+    jax_module()
+    from brax import envs
+
+    return sorted(n for n in envs._envs if n not in _NOT_TASKS)
+
+
+def jax_to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
+    """Zero-copy when JAX and torch share the device; a copy only when JAX fell back to the CPU."""
+    t = torch.from_dlpack(x)
+    return t if t.device == device else t.to(device)
+
+
+def torch_to_jax(t: torch.Tensor, device: jax.Device) -> jax.Array:
+    """Zero-copy for a contiguous tensor on JAX's device (see the module note on streams)."""
+    jax = jax_module()
+    if (t.device.type == "cpu") != (device.platform == "cpu"):
+        t = t.cpu()
+    return jax.dlpack.from_dlpack(t.contiguous())
+
+
+_warned_no_gpu = False
+
+
+def jax_device_for(device: torch.device) -> jax.Device:
+    """JAX's device matching torch's; the CPU, with one loud warning, when JAX has no GPU."""
+    global _warned_no_gpu
+    jax = jax_module()
+    if device.type != "cuda":
+        return jax.devices("cpu")[0]
+    try:
+        gpus = jax.devices("cuda")
+    except RuntimeError:
+        gpus = []
+    if gpus:
+        return gpus[device.index if device.index is not None else torch.cuda.current_device()]
+    if not _warned_no_gpu:
+        _warned_no_gpu = True
+        warnings.warn("torch is on CUDA but JAX has no GPU backend (jax.devices() = "
+                      f"{jax.devices()}): Brax will step on the CPU and copy every step to the GPU, "
+                      "orders of magnitude slower. Install the JAX CUDA plugin matching jax "
+                      f"{jax.__version__}: pip install 'crossq-gpu[gpu]'", RuntimeWarning, stacklevel=3)
+    return jax.devices("cpu")[0]
+
+
+class Carry(NamedTuple):
+    """Everything the batched env carries between steps (all leaves [N, ...] but the key)."""
+
+    state: Any  # the raw env's State, batched
+    steps: jax.Array  # [N] int32, steps into the current episode
+    key: jax.Array  # PRNG key for the next auto-resets
+
+
+class JaxVecEnv:
+    """`num_envs` copies of a raw JAX env, stepped by one jitted program per call.
+
+    `env` needs reset(key) -> State and step(State, action) -> State, State having obs [obs_dim],
+    reward and done (float, 1 = terminated), plus observation_size and action_size.
+    `ctrl_range` [act_dim, 2]: the bounds [-1, 1] is scaled onto.
+    """
+
+    def __init__(self, env: Any, num_envs: int, device: torch.device, seed: int, episode_length: int,
+                 ctrl_range: np.ndarray, name: str) -> None:
+        if episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        jax = jax_module()
+        self.name = name
+        self.env = env
+        self.num_envs = num_envs
+        self.obs_dim = int(env.observation_size)
+        self.act_dim: int | None = int(env.action_size)
+        self.num_actions: int | None = None
+        self.max_episode_steps: int | None = episode_length
+        self.device = torch.device(device)
+        self.seed = seed
+        self.jax_device = jax_device_for(self.device)
+        self._carry: Carry | None = None
+        self._reset = jax.jit(_batched_reset(env, num_envs))
+        self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range))
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """PRNGKey(seed) split once per env: the same seed gives the same trajectories."""
+        jax = jax_module()
+        key = jax.device_put(jax.random.PRNGKey(self.seed if seed is None else seed), self.jax_device)
+        self._carry, obs = self._reset(key)
+        return jax_to_torch(obs, self.device)
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor, dict[str, torch.Tensor]]:
+        if self._carry is None:
+            raise RuntimeError("call reset() before step()")
+        # clamp: the [-1, 1] contract, float32 (fixed dtype: no recompile) and a fresh tensor.
+        a = torch.clamp(action.detach().to(torch.float32), -1.0, 1.0)
+        self._carry, (obs, reward, terminated, truncated, final_obs) = self._step(
+            self._carry, torch_to_jax(a, self.jax_device))
+        d = self.device
+        return (jax_to_torch(obs, d), jax_to_torch(reward, d), jax_to_torch(terminated, d),
+                jax_to_torch(truncated, d), {"final_obs": jax_to_torch(final_obs, d)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole carry (physics states, step counters, key) as CPU tensors: exact resume."""
+        if self._carry is None:
+            raise RuntimeError("call reset() before state_dict()")
+        jax = jax_module()
+        leaves = [np.asarray(x) for x in jax.tree.leaves(self._carry)]
+        return {"name": self.name, "num_envs": self.num_envs,
+                "leaves": [torch.from_numpy(x.astype(np.int64) if x.dtype == np.uint32 else x.copy())
+                           for x in leaves]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Needs a reset() first, which fixes the tree structure and dtypes to load into."""
+        if self._carry is None:
+            raise RuntimeError("call reset() before load_state_dict()")
+        if state["name"] != self.name or state["num_envs"] != self.num_envs:
+            raise ValueError(f"env state is for {state['num_envs']} x {state['name']}, "
+                             f"not {self.num_envs} x {self.name}")
+        jax = jax_module()
+        template, treedef = jax.tree.flatten(self._carry)
+        if len(template) != len(state["leaves"]):
+            raise ValueError("env state does not match this env's state layout")
+        self._carry = jax.tree.unflatten(treedef, [
+            jax.device_put(np.asarray(t.numpy(), dtype=x.dtype), self.jax_device)
+            for x, t in zip(template, state["leaves"], strict=True)])
+
+    def close(self) -> None:
+        self._carry = None
+
+
+def _strong(tree: Any) -> Any:
+    """Drop weak types: Brax's step returns weakly typed scalars where reset returned strong
+    ones, and a carry whose types change between calls recompiles the step."""
+    jax = jax_module()
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
+
+
+def _batched_reset(env: Any, num_envs: int) -> Any:
+    jax = jax_module()
+    jnp = jax.numpy
+
+    def reset(key: jax.Array) -> tuple[Carry, jax.Array]:
+        key, sub = jax.random.split(key)
+        state = _strong(jax.vmap(env.reset)(jax.random.split(sub, num_envs)))
+        return Carry(state, jnp.zeros(num_envs, jnp.int32), key), state.obs
+
+    return reset
+
+
+def _batched_step(env: Any, num_envs: int, episode_length: int, ctrl_range: np.ndarray) -> Any:
+    jax = jax_module()
+    jnp = jax.numpy
+    low = jnp.asarray(ctrl_range[:, 0], jnp.float32)
+    span = jnp.asarray(ctrl_range[:, 1] - ctrl_range[:, 0], jnp.float32)
+
+    def step(carry: Carry, action: jax.Array) -> tuple[Carry, tuple[jax.Array, ...]]:
+        state = _strong(jax.vmap(env.step)(carry.state, low + (action + 1.0) * 0.5 * span))
+        steps = carry.steps + 1
+        terminated = state.done > 0.5
+        truncated = (steps >= episode_length) & ~terminated
+        done = terminated | truncated
+        key, sub = jax.random.split(carry.key)
+        fresh = _strong(jax.vmap(env.reset)(jax.random.split(sub, num_envs)))
+
+        def pick(new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(done.reshape((num_envs,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
+
+        nxt = jax.tree.map(pick, fresh, state)
+        out = (nxt.obs, state.reward.astype(jnp.float32), terminated, truncated, state.obs)
+        return Carry(nxt, jnp.where(done, 0, steps), key), out
+
+    return step
+
+
+def make_brax_env(name: str, num_envs: int, device: torch.device, seed: int = 0,
+                  backend: str = "generalized", episode_length: int = DEFAULT_EPISODE_LENGTH,
+                  **env_kwargs: Any) -> JaxVecEnv:
+    """A Brax env by registry name; env_kwargs go to brax.envs.get_environment."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown Brax backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if name not in brax_env_names():
+        raise unknown_env(name)
+    from brax import envs
+
+    env = envs.get_environment(name, backend=backend, **env_kwargs)
+    return JaxVecEnv(env, num_envs, device, seed, episode_length, ctrl_range_of(env.sys), name)
+
+
+def ctrl_range_of(model: Any) -> np.ndarray:
+    """[act_dim, 2] actuator bounds from an MJX/Brax model; [-1, 1] where not limited."""
+    ranges = np.array(model.actuator_ctrlrange, dtype=np.float64).reshape(-1, 2)
+    limited = np.asarray(model.actuator_ctrllimited, dtype=bool).reshape(-1)
+    ranges[~limited] = (-1.0, 1.0)
+    return ranges

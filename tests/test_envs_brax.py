@@ -1,0 +1,136 @@
+"""Brax adapter on the CPU: zero-copy DLPack, exact final obs, truncation, seeding, one compile.
+
+One small env (inverted_pendulum, generalized) is shared by most tests so that JAX compiles
+it once per session; the persistent compile cache makes later sessions faster still.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("brax")
+
+from crossq_gpu.envs import UnknownEnvError, VecEnv, make_env  # noqa: E402
+from crossq_gpu.envs.brax import JaxVecEnv, jax_to_torch, torch_to_jax  # noqa: E402
+
+N, LIMIT = 16, 10
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def env() -> JaxVecEnv:
+    env = make_env("inverted_pendulum", N, seed=0, episode_length=LIMIT)
+    assert isinstance(env, JaxVecEnv)
+    return env
+
+
+def _actions(steps: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return (torch.rand(steps, N, 1, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * scale
+
+
+def test_shapes_and_dtypes(env: JaxVecEnv) -> None:
+    assert isinstance(env, VecEnv)
+    assert (env.obs_dim, env.act_dim, env.num_actions, env.max_episode_steps) == (4, 1, None, LIMIT)
+    obs = env.reset(seed=0)
+    assert obs.shape == (N, 4) and obs.dtype == torch.float32 and obs.device == env.device
+    obs, reward, terminated, truncated, info = env.step(torch.zeros(N, 1))
+    assert reward.shape == (N,) and reward.dtype == torch.float32
+    assert terminated.dtype == truncated.dtype == torch.bool
+    assert info["final_obs"].shape == (N, 4)
+
+
+def test_dlpack_is_zero_copy() -> None:
+    x = jax.numpy.arange(12.0, dtype=jax.numpy.float32).reshape(3, 4)
+    t = jax_to_torch(x, torch.device("cpu"))
+    assert t.data_ptr() == x.unsafe_buffer_pointer()
+    a = torch.rand(5, 3)
+    assert torch_to_jax(a, jax.devices("cpu")[0]).unsafe_buffer_pointer() == a.data_ptr()
+
+
+def test_final_obs_matches_stepping_without_autoreset(env: JaxVecEnv) -> None:
+    """Replay the raw env (no auto-reset, no time limit) from the same initial states."""
+    env.reset(seed=1)
+    state = env._carry.state  # the raw batched State right after reset
+    raw_step = jax.jit(jax.vmap(env.env.step))
+    live = np.ones(N, bool)
+    saw_term = saw_trunc = False
+    for t, action in enumerate(_actions(LIMIT + 5, scale=0.1), start=1):  # gentle: some reach the limit
+        obs, reward, terminated, truncated, info = env.step(action)
+        state = raw_step(state, jax.numpy.asarray(3.0 * action.numpy()))  # ctrl range [-3, 3]
+        ref_obs, ref_done = torch.tensor(np.asarray(state.obs)), np.asarray(state.done) > 0.5
+        m = torch.from_numpy(live)
+        torch.testing.assert_close(info["final_obs"][m], ref_obs[m], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reward[m], torch.tensor(np.asarray(state.reward))[m], atol=1e-5, rtol=1e-5)
+        assert np.array_equal(terminated.numpy()[live], ref_done[live])
+        assert np.array_equal(truncated.numpy()[live], np.full(live.sum(), t == LIMIT) & ~ref_done[live])
+        ended = (terminated | truncated).numpy()
+        assert not torch.equal(obs[ended], info["final_obs"][ended]) or not ended.any()
+        assert torch.equal(obs[~ended], info["final_obs"][~ended])
+        saw_term |= bool((terminated.numpy() & live).any())
+        saw_trunc |= bool((truncated.numpy() & live).any())
+        live &= ~ended
+    assert saw_term and saw_trunc
+
+
+def test_time_limit_is_truncation_and_counter_restarts(env: JaxVecEnv) -> None:
+    env.reset(seed=2)
+    count = torch.zeros(N, dtype=torch.int64)
+    truncations = 0
+    for _ in range(3 * LIMIT):
+        _, _, terminated, truncated, _ = env.step(torch.zeros(N, 1))
+        count += 1
+        assert torch.equal(truncated, (count == LIMIT) & ~terminated)
+        count[terminated | truncated] = 0
+        truncations += int(truncated.sum())
+    assert truncations >= N  # zero force keeps the pole up past the first limit
+
+
+def test_same_seed_same_trajectory(env: JaxVecEnv) -> None:
+    def rollout(seed: int) -> list[torch.Tensor]:
+        out = [env.reset(seed=seed).clone()]
+        for action in _actions(LIMIT + 5):  # crosses auto-resets, which draw from the key
+            out.append(env.step(action)[0].clone())
+        return out
+
+    a, b, c = rollout(5), rollout(5), rollout(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_no_recompilation_after_first_step(env: JaxVecEnv) -> None:
+    env.reset(seed=3)
+    for i, action in enumerate(_actions(LIMIT + 5)):  # through auto-resets
+        if i % 3 == 1:
+            action = action.double()  # another dtype is cast before it reaches JAX
+        if i % 3 == 2:
+            action = action.expand(N, 1).t().contiguous().t()  # non-contiguous layout
+        env.step(action)
+    env.reset(seed=4)
+    env.step(torch.zeros(N, 1))
+    assert env._step._cache_size() == 1
+    assert env._reset._cache_size() == 1
+
+
+def test_state_dict_resumes_exactly(env: JaxVecEnv) -> None:
+    actions = _actions(2 * LIMIT, seed=9)
+    env.reset(seed=7)
+    for action in actions[:LIMIT // 2]:
+        env.step(action)
+    saved = env.state_dict()
+    first = [env.step(a)[0].clone() for a in actions[LIMIT // 2:]]
+    env.reset(seed=123)
+    env.load_state_dict(saved)
+    again = [env.step(a)[0].clone() for a in actions[LIMIT // 2:]]
+    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+
+
+def test_invalid_backend_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="generalized, mjx, spring, positional"):
+        make_env("inverted_pendulum", 1, backend="warp-speed")
+
+
+def test_unknown_name_lists_brax_and_gym_names() -> None:
+    with pytest.raises(UnknownEnvError, match="halfcheetah") as err:
+        make_env("half_cheetah", 1)
+    assert "gym:CartPole-v1" in str(err.value) and "Did you mean halfcheetah" in str(err.value)
