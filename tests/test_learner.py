@@ -1,0 +1,130 @@
+"""The learner end to end on Gymnasium: exact resume, bad input, NaN handling, outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crossq_gpu import learner, losses
+from crossq_gpu.checkpoint import load_checkpoint
+
+SMALL = ["--env", "gym:Pendulum-v1", "--num-envs", "2", "--device", "cpu", "--preset", "cpu",
+         "--set", "agent.critic_net.hidden=[32, 32]", "--set", "agent.net.hidden=[32, 32]",
+         "--set", "agent.memory.batch_size=32", "--set", "agent.algorithm.training_start_step=200",
+         "--set", "agent.critic_net.batch_renorm.warmup_steps=100",
+         "--log-every", "100", "--eval-every", "300", "--eval-episodes", "2", "--no-compile"]
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("wall_s", "sps", "ups")}
+
+
+def test_outputs_and_metrics_rows(tmp_path):
+    out = tmp_path / "run"
+    assert learner.main([*SMALL, "--total-steps", "600", "--out", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["env"]["name"] == "gym:Pendulum-v1" and cfg["agent"]["critic_net"]["hidden"] == [32, 32]
+    train = [r for r in rows(out) if r["kind"] == "train"]
+    evals = [r for r in rows(out) if r["kind"] == "eval"]
+    assert [r["env_steps"] for r in train] == [100, 200, 300, 400, 500, 600]
+    assert set(train[0]) == {"kind", "env_steps", "grad_steps", "wall_s", "sps", "ups", "return_mean",
+                             "critic_loss", "actor_loss", "alpha", "q_mean"}
+    assert train[0]["critic_loss"] is None and train[-1]["critic_loss"] is not None
+    assert train[-1]["grad_steps"] == (600 - 200) // 2 + 1  # one update per vector step from step 200
+    assert [r["env_steps"] for r in evals] == [300, 600] and all(r["episodes"] == 2 for r in evals)
+    assert any(r["return_mean"] is not None for r in train)  # Pendulum episodes are 200 steps
+    assert list(out.glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(out)
+    assert ckpt["counters"]["env_steps"] == 600
+
+
+def test_resume_is_exact(tmp_path):
+    """N steps, checkpoint, resume to 2N == one uninterrupted 2N run (same seed, CPU)."""
+    common = [*SMALL, "--save-buffer", "--checkpoint-every", "100000"]
+    assert learner.main([*common, "--total-steps", "800", "--out", str(tmp_path / "full")]) == 0
+    assert learner.main([*common, "--total-steps", "400", "--out", str(tmp_path / "part")]) == 0
+    assert learner.main(["--resume", str(tmp_path / "part"), "--total-steps", "800"]) == 0
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    assert part["counters"]["env_steps"] == 800
+    for name, value in full["agent"].items():
+        assert torch.equal(value, part["agent"][name]), name
+    assert [comparable(r) for r in rows(tmp_path / "full")] == [comparable(r) for r in rows(tmp_path / "part")]
+
+
+def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(losses, "td_target", lambda reward, *a: torch.full_like(reward, float("nan")))
+    out = tmp_path / "run"
+    code = learner.main([*SMALL, "--total-steps", "1000", "--checkpoint-every", "100", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == learner.EXIT_NONFINITE
+    assert "NaN/Inf loss at gradient step 1" in err and "env step 100" in err and "checkpoint.pt" in err
+    good = load_checkpoint(out)
+    assert good["counters"]["env_steps"] == 100
+    assert all(torch.isfinite(v).all() for v in good["agent"].values() if v.is_floating_point())
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossq_gpu.learner", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--env", "gym:NoSuchEnv-v0"], "unknown environment"),
+    (["--env", "no_such_env"], "unknown environment"),
+    (["--num-envs", "0"], "num_envs"),
+    (["--num-envs", "-3"], "num_envs"),
+    (["--set", "agent.memory.bogus=1"], "agent.memory.bogus"),
+    (["--algo", "ppo"], "invalid choice"),
+    (["--total-steps", "ten"], "invalid int value"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
+    result = cli(*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not list(tmp_path.rglob("checkpoint.pt*"))
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: {seed: 0}\n")
+    (run / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
+    result = cli("--resume", str(run), "--device", "cpu", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "corrupt" in result.stderr and result.stderr.count("\n") == 1
+    assert (run / "checkpoint.pt").read_bytes() == b"\x00not a checkpoint"
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = cli(*SMALL, "--total-steps", "100", "--out", str(blocker / "run"), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "cannot write" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_interrupt_writes_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "crossq_gpu.learner", *SMALL, "--total-steps", "10000000",
+                             "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == learner.EXIT_INTERRUPTED and "Traceback" not in err
+    ckpt = load_checkpoint(out)
+    assert ckpt["counters"]["env_steps"] > 0 and "checkpoint written" in err
