@@ -134,3 +134,20 @@ def test_unknown_name_lists_brax_and_gym_names() -> None:
     with pytest.raises(UnknownEnvError, match="halfcheetah") as err:
         make_env("half_cheetah", 1)
     assert "gym:CartPole-v1" in str(err.value) and "Did you mean halfcheetah" in str(err.value)
+
+
+def test_playground_without_the_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "mujoco_playground", None)
+    with pytest.raises(ImportError, match="pip install playground"):
+        make_env("playground:CartpoleBalance", 1)
+
+
+def test_playground_dmc_env() -> None:
+    pytest.importorskip("mujoco_playground")
+    env = make_env("playground:CartpoleBalance", 2, seed=0, episode_length=5)
+    assert (env.obs_dim, env.act_dim, env.max_episode_steps) == (5, 1, 5)
+    env.reset()
+    for t in range(1, 11):
+        obs, _, terminated, truncated, info = env.step(torch.zeros(2, 1))
+        assert not terminated.any() and bool(truncated.all()) == (t % 5 == 0)
+    assert obs.shape == info["final_obs"].shape == (2, 5)
