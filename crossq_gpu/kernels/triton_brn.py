@@ -1,6 +1,6 @@
 """Fused Batch Renormalization in Triton: kernels → launchers → custom ops with autograd.
 
-The layer factors into two differentiable-free reductions and one elementwise map, with
+Forward and backward are each one reduction over N and one elementwise pass, with
 h = relu(x) when the ReLU sits on the input side:
 
     forward   mean, var  = batch statistics of h            (`brn_batch_stats`)
@@ -21,9 +21,11 @@ formula (numerically safe, unlike Σx² − (Σx)²), per-program Σg and Σg·x
 results are deterministic. The ReLU is never materialised: it is recomputed from x.
 
 torch.compile: the ops are `torch.library.triton_op`s that launch through `wrap_triton`,
-with autograd registered by `register_autograd`, so Dynamo traces them without graph breaks
-and Inductor sees the Triton kernels (on CUDA). Only the eager interpreter path
-(TRITON_INTERPRET=1, CPU) and Dynamo tracing with the aot_eager backend are tested here.
+with autograd registered by `register_autograd`, the route torch documents for tracing
+user Triton kernels without graph breaks (Inductor then sees the kernels). That route is
+not tested here — there was no GPU, and under TRITON_INTERPRET Dynamo cannot trace the
+kernels (the interpreter reads data pointers of fake tensors). Tested: the eager path
+under the interpreter against the reference, and lowering of every kernel to sm_90 cubin.
 """
 
 import functools
@@ -234,8 +236,8 @@ def launch_config(n: int, c: int, e: int, device: torch.device) -> tuple[int, in
     """(BLOCK_N, BLOCK_C, rows_per_program) for an [E, N, C] problem.
 
     On CUDA a tile holds ~4K elements, 128 channels wide (512 B coalesced rows). Elsewhere
-    (the CPU interpreter, i.e. tests) tiles are 16 rows × ≤ 64 channels so that small test shapes already
-    need several row programs, several tiles per program and masked edges.
+    (the CPU interpreter, i.e. tests) tiles are 16 rows × ≤ 64 channels, so that small
+    test shapes already need several row programs, several tiles per program and masks.
     """
     if device.type == "cuda":
         block_c = min(triton.next_power_of_2(c), 128)
