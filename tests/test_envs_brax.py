@@ -4,6 +4,8 @@ One small env (inverted_pendulum, generalized) is shared by most tests so that J
 it once per session; the persistent compile cache makes later sessions faster still.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("brax")
 
 from crossq_gpu.envs import UnknownEnvError, VecEnv, make_env  # noqa: E402
-from crossq_gpu.envs.brax import JaxVecEnv, jax_to_torch, torch_to_jax  # noqa: E402
+from crossq_gpu.envs import brax as brax_adapter  # noqa: E402
+from crossq_gpu.envs.brax import JaxVecEnv, jax_device_for, jax_to_torch, torch_to_jax  # noqa: E402
 
 N, LIMIT = 16, 10
 pytestmark = pytest.mark.timeout(300)
@@ -45,7 +48,7 @@ def test_dlpack_is_zero_copy() -> None:
     t = jax_to_torch(x, torch.device("cpu"))
     assert t.data_ptr() == x.unsafe_buffer_pointer()
     a = torch.rand(5, 3)
-    assert torch_to_jax(a, jax.devices("cpu")[0]).unsafe_buffer_pointer() == a.data_ptr()
+    assert torch_to_jax(a).unsafe_buffer_pointer() == a.data_ptr()
 
 
 def test_final_obs_matches_stepping_without_autoreset(env: JaxVecEnv) -> None:
@@ -123,6 +126,16 @@ def test_state_dict_resumes_exactly(env: JaxVecEnv) -> None:
     env.load_state_dict(saved)
     again = [env.step(a)[0].clone() for a in actions[LIMIT // 2:]]
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+
+
+@pytest.mark.skipif(bool(jax.devices()[0].platform == "gpu"), reason="JAX has a GPU here")
+def test_cuda_without_jax_gpu_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(brax_adapter, "_warned_no_gpu", False)
+    with pytest.warns(RuntimeWarning, match="JAX has no GPU backend"):
+        assert jax_device_for(torch.device("cuda")).platform == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax_device_for(torch.device("cuda"))
 
 
 def test_invalid_backend_lists_valid_ones() -> None:

@@ -5,12 +5,13 @@ limit (truncation, kept apart from the env's own `done` = termination) and an au
 returns the true final observation, both with jnp.where so the step is one XLA program.
 Tensors cross between JAX and torch through DLPack without a copy.
 
-Stream order on CUDA: we rely on the DLPack handshake rather than a host sync. In
-jax.dlpack.from_dlpack(action) JAX passes its stream to torch's __dlpack__, which records an
+Stream order on CUDA, without a host sync: the DLPack handshake orders the streams both ways.
+jax.dlpack.from_dlpack(action) passes JAX's stream to torch's __dlpack__, which records an
 event on torch's current stream and makes JAX's stream wait on it, so JAX never reads an action
-torch is still writing; torch.from_dlpack(output) does the converse. The action handed over is
-always a fresh tensor (the clamp below), owned by the DLPack capsule until JAX drops it, so a
-later in-place write or CUDA-graph replay into the caller's action tensor cannot race the read.
+torch is still writing; torch.from_dlpack(output) makes torch's stream wait for JAX's output,
+so by the time step() returns, torch's stream is ordered after the whole JAX step, including
+its read of the action. The action handed over is a fresh tensor (the clamp in step()), so an
+in-place write or a CUDA-graph replay into the caller's tensor cannot change what JAX reads.
 """
 
 from __future__ import annotations
@@ -71,12 +72,9 @@ def jax_to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device)
 
 
-def torch_to_jax(t: torch.Tensor, device: jax.Device) -> jax.Array:
-    """Zero-copy for a contiguous tensor on JAX's device (see the module note on streams)."""
-    jax = jax_module()
-    if (t.device.type == "cpu") != (device.platform == "cpu"):
-        t = t.cpu()
-    return jax.dlpack.from_dlpack(t.contiguous())
+def torch_to_jax(t: torch.Tensor) -> jax.Array:
+    """Zero-copy (a contiguous tensor stays where it is; see the module note on streams)."""
+    return jax_module().dlpack.from_dlpack(t.contiguous())
 
 
 _warned_no_gpu = False
@@ -134,6 +132,8 @@ class JaxVecEnv:
         self.device = torch.device(device)
         self.seed = seed
         self.jax_device = jax_device_for(self.device)
+        # Where actions must be for JAX: the CPU when JAX has no GPU (a copy, warned about).
+        self._action_device = torch.device("cpu") if self.jax_device.platform == "cpu" else self.device
         self._carry: Carry | None = None
         self._reset = jax.jit(_batched_reset(env, num_envs))
         self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range))
@@ -150,9 +150,8 @@ class JaxVecEnv:
         if self._carry is None:
             raise RuntimeError("call reset() before step()")
         # clamp: the [-1, 1] contract, float32 (fixed dtype: no recompile) and a fresh tensor.
-        a = torch.clamp(action.detach().to(torch.float32), -1.0, 1.0)
-        self._carry, (obs, reward, terminated, truncated, final_obs) = self._step(
-            self._carry, torch_to_jax(a, self.jax_device))
+        a = torch.clamp(action.detach().to(self._action_device, torch.float32), -1.0, 1.0)
+        self._carry, (obs, reward, terminated, truncated, final_obs) = self._step(self._carry, torch_to_jax(a))
         d = self.device
         return (jax_to_torch(obs, d), jax_to_torch(reward, d), jax_to_torch(terminated, d),
                 jax_to_torch(truncated, d), {"final_obs": jax_to_torch(final_obs, d)})
@@ -176,8 +175,9 @@ class JaxVecEnv:
                              f"not {self.num_envs} x {self.name}")
         jax = jax_module()
         template, treedef = jax.tree.flatten(self._carry)
-        if len(template) != len(state["leaves"]):
-            raise ValueError("env state does not match this env's state layout")
+        if [tuple(x.shape) for x in template] != [tuple(t.shape) for t in state["leaves"]]:
+            raise ValueError(f"env state does not match the state layout of {self.name} "
+                             "(another backend or env version?)")
         self._carry = jax.tree.unflatten(treedef, [
             jax.device_put(np.asarray(t.numpy(), dtype=x.dtype), self.jax_device)
             for x, t in zip(template, state["leaves"], strict=True)])

@@ -21,6 +21,7 @@ from crossq_gpu.envs.base import GYM_PREFIX, unknown_env
 
 
 def gym_env_ids() -> list[str]:
+    """Every id in gymnasium's registry (those needing extra packages fail only when made)."""
     return sorted(gym.registry)
 
 
@@ -71,7 +72,7 @@ class GymVecEnv:
     def _vec(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(x, dtype=dtype).to(self.device)
 
-    def scale_action(self, action: torch.Tensor) -> np.ndarray:
+    def _scale_action(self, action: torch.Tensor) -> np.ndarray:
         """[-1, 1] → [low, high] (continuous; clipped first), or index + start (discrete)."""
         a = action.detach().cpu().numpy()
         if self.num_actions is not None:
@@ -87,7 +88,7 @@ class GymVecEnv:
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                   torch.Tensor, dict[str, torch.Tensor]]:
-        obs, reward, terminated, truncated, info = self.vec.step(self.scale_action(action))
+        obs, reward, terminated, truncated, info = self.vec.step(self._scale_action(action))
         final = obs.copy()
         ended = info.get("_final_obs")
         if ended is not None and ended.any():
