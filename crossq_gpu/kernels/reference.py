@@ -99,7 +99,11 @@ def batch_renorm_reference(
     """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x); eval uses the running stats."""
     h = torch.relu(x) if relu == "input" else x
     if training:
-        var, mean = torch.var_mean(h, dim=-2, correction=0)
+        # Two passes (mean, then mean of squared deviations): exact like var_mean, and an
+        # order of magnitude faster than var_mean's strided reduction on CPU.
+        mean = h.mean(dim=-2)
+        centered = h - mean.unsqueeze(-2)
+        var = (centered * centered).mean(dim=-2)
         r, d = renorm_factors(
             mean.detach(), var.detach(), running_mean, running_var, steps,
             eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps,
@@ -108,10 +112,12 @@ def batch_renorm_reference(
             mean.detach(), var.detach(), h.shape[-2], running_mean, running_var, steps,
             momentum=momentum,
         )
-        xhat = (h - mean.unsqueeze(-2)) / torch.sqrt(var + eps).unsqueeze(-2)
-        xhat = xhat * r.unsqueeze(-2) + d.unsqueeze(-2)
+        # y = γ((h − μ)/σ·r + d) + β folded into y = h·scale + shift over [.., C] vectors:
+        # one pass over the [N, C] activations instead of six, same autograd graph through μ, σ.
+        scale = weight * r * torch.rsqrt(var + eps)
+        shift = bias + weight * d - mean * scale
     else:
-        rstd = torch.rsqrt(read_stats(running_var) + eps)
-        xhat = (h - read_stats(running_mean).unsqueeze(-2)) * rstd.unsqueeze(-2)
-    y = xhat * weight.unsqueeze(-2) + bias.unsqueeze(-2)
+        scale = weight * torch.rsqrt(read_stats(running_var) + eps)
+        shift = bias - read_stats(running_mean) * scale
+    y = torch.addcmul(shift.unsqueeze(-2), h, scale.unsqueeze(-2))
     return torch.relu(y) if relu == "output" else y
