@@ -128,6 +128,18 @@ def test_state_dict_resumes_exactly(env: JaxVecEnv) -> None:
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
 
 
+@pytest.mark.parametrize("backend", ["mjx", pytest.param("spring", marks=pytest.mark.slow),
+                                     pytest.param("positional", marks=pytest.mark.slow)])
+def test_other_backends_step_truncate_and_compile_once(backend: str) -> None:
+    env = make_env("inverted_pendulum", 4, seed=0, backend=backend, episode_length=5)
+    assert env.reset().shape == (4, 4)
+    for t in range(1, 8):
+        obs, reward, terminated, truncated, info = env.step(torch.zeros(4, 1))
+        assert not terminated.any() and bool(truncated.all()) == (t == 5)
+    assert obs.shape == info["final_obs"].shape == (4, 4) and reward.isfinite().all()
+    assert env._step._cache_size() == 1
+
+
 @pytest.mark.skipif(bool(jax.devices()[0].platform == "gpu"), reason="JAX has a GPU here")
 def test_cuda_without_jax_gpu_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(brax_adapter, "_warned_no_gpu", False)
