@@ -38,7 +38,7 @@ bench: $(STAMP)
 wheelhouse:
 	mkdir -p wheelhouse
 	$(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-	deps = p['dependencies'] + p['optional-dependencies']['brax'] + p['optional-dependencies']['test'][1:]; \
+	deps = p['dependencies'] + p['optional-dependencies']['brax'] + p['optional-dependencies']['video'] + p['optional-dependencies']['test'][1:]; \
 	open('wheelhouse/requirements.txt', 'w').write('\n'.join(d for d in deps if not d.startswith(('torch', 'triton', 'crossq'))) + '\nsetuptools>=68\nwheel\n')"
 	grep -v '^torch\|^triton' constraints.txt > wheelhouse/constraints.txt
 	$(PYTHON) -m pip download -d wheelhouse --only-binary=:all: --python-version $(PY) \

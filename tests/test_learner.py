@@ -11,12 +11,7 @@ import yaml
 
 from crossq_gpu import learner, losses
 from crossq_gpu.checkpoint import load_checkpoint
-
-SMALL = ["--env", "gym:Pendulum-v1", "--num-envs", "2", "--device", "cpu", "--preset", "cpu",
-         "--set", "agent.critic_net.hidden=[32, 32]", "--set", "agent.net.hidden=[32, 32]",
-         "--set", "agent.memory.batch_size=32", "--set", "agent.algorithm.training_start_step=200",
-         "--set", "agent.critic_net.batch_renorm.warmup_steps=100",
-         "--log-every", "100", "--eval-every", "300", "--eval-episodes", "2", "--no-compile"]
+from tests.small_run import SMALL
 
 
 def rows(out: Path) -> list[dict]:
