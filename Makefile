@@ -33,14 +33,15 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.update_throughput
 
 # Wheels for an air-gapped GPU node running Python $(PY): everything the project needs
-# except torch, jaxlib's CUDA plugin and triton, which such nodes ship. Install there with
+# except torch, jax/jaxlib (with its CUDA plugin) and triton, which such nodes ship (the jax
+# that brax pulls in is downloaded unpinned, only to satisfy the resolver). Install there with
 #   pip install --no-index --find-links wheelhouse -e '.[brax]'
 wheelhouse:
 	mkdir -p wheelhouse
 	$(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	deps = p['dependencies'] + p['optional-dependencies']['brax'] + p['optional-dependencies']['video'] + p['optional-dependencies']['test'][1:]; \
-	open('wheelhouse/requirements.txt', 'w').write('\n'.join(d for d in deps if not d.startswith(('torch', 'triton', 'crossq'))) + '\nsetuptools>=68\nwheel\n')"
-	grep -v '^torch\|^triton' constraints.txt > wheelhouse/constraints.txt
+	open('wheelhouse/requirements.txt', 'w').write('\n'.join(d for d in deps if not d.startswith(('torch', 'triton', 'jax', 'crossq'))) + '\nsetuptools>=68\nwheel\n')"
+	grep -v '^torch\|^triton\|^jax' constraints.txt > wheelhouse/constraints.txt
 	$(PYTHON) -m pip download -d wheelhouse --only-binary=:all: --python-version $(PY) \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -c wheelhouse/constraints.txt -r wheelhouse/requirements.txt

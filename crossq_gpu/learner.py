@@ -20,6 +20,7 @@ import torch
 
 from crossq_gpu import config as config_mod
 from crossq_gpu.buffer import make_buffer
+from crossq_gpu.capture import GraphedCall
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from crossq_gpu.config import Config, ConfigError
 from crossq_gpu.envs import VecEnv, make_env
@@ -164,6 +165,7 @@ class Run:
         self.eval_env: VecEnv | None = None
         self.checkpoint_path = out_dir / "checkpoint.pt"
         self.last_checkpoint_step: int | None = None
+        self._policy: GraphedCall | None = None
 
     # --- acting -------------------------------------------------------------------------
 
@@ -176,7 +178,13 @@ class Run:
     def _act(self) -> torch.Tensor:
         if self.counters.env_steps < self.cfg.agent.algorithm.training_start_step:
             return self._random_action()
-        return self.agent.act(self.obs, deterministic=False)
+        if not (self.cfg.run.cuda_graphs and self.device.type == "cuda"):
+            return self.agent.act(self.obs, deterministic=False)
+        if self._policy is None:
+            self._policy = GraphedCall(lambda obs: self.agent.act(obs, deterministic=False), state=[],
+                                       static_inputs=(torch.zeros_like(self.obs),))
+        # The graph's output is overwritten by the next replay: the env gets its own copy.
+        return self._policy(self.obs).clone()
 
     # --- the loop -----------------------------------------------------------------------
 

@@ -45,3 +45,10 @@ def test_sac_learns_pendulum(tmp_path):
     out = train(tmp_path, "--env", "gym:Pendulum-v1", "--algo", "sac", "--total-steps", "10000",
                 "--set", "agent.algorithm.training_start_step=1000")
     assert best_eval(out) >= -250
+
+
+def test_crossq_with_prioritized_replay_learns_pendulum(tmp_path):
+    out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "8000",
+                "--set", "agent.algorithm.training_start_step=1000",
+                "--set", "agent.memory.name=PrioritizedReplay")
+    assert best_eval(out) >= -250
