@@ -143,6 +143,8 @@ class Run:
         self.cfg, self.out_dir, self.device = cfg, out_dir, device
         run, alg = cfg.run, cfg.agent.algorithm
         torch.manual_seed(run.seed)
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls; BRN statistics stay float32
         self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed,
                                     backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         self.discrete = self.env.num_actions is not None

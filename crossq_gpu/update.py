@@ -63,6 +63,8 @@ class Update:
         self.actor_opt = make_adam(agent.actor.parameters(), cfg.agent.net.optim, device)
         self.alpha_opt = make_adam([agent.log_alpha], alg.alpha_optim, device)
         self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
+        self.polyak_pairs = (None if agent.critic_target is None else
+                             (list(agent.critic_target.parameters()), list(agent.critic.parameters())))
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.run.autocast == "bf16" else contextlib.nullcontext())
         if cfg.run.compile:
@@ -133,9 +135,8 @@ class Update:
         self.critic_opt.step()
         if self.prioritized:
             self.buffer.update_priorities(batch.indices, td_abs)
-        if self.agent.critic_target is not None:
-            losses.polyak_(list(self.agent.critic_target.parameters()), list(self.agent.critic.parameters()),
-                           self.tau)
+        if self.polyak_pairs is not None:
+            losses.polyak_(*self.polyak_pairs, self.tau)
         if actor_step:
             with self.autocast:
                 policy_loss, policy_metrics = self.policy_losses(batch)
