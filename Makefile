@@ -43,7 +43,7 @@ wheelhouse:
 	open('wheelhouse/requirements.txt', 'w').write('\n'.join(d for d in deps if not d.startswith(('torch', 'triton', 'jax', 'crossq'))) + '\nsetuptools>=68\nwheel\n')"
 	grep -v '^torch\|^triton\|^jax' constraints.txt > wheelhouse/constraints.txt
 	$(PYTHON) -m pip download -d wheelhouse --only-binary=:all: --python-version $(PY) \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -c wheelhouse/constraints.txt -r wheelhouse/requirements.txt
 
 clean:
