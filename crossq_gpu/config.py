@@ -102,8 +102,9 @@ class BatchRenormConfig:
     d_max: float = 5.0
     warmup_steps: int = 100_000
     """Steps of plain batch norm (r = 1, d = 0) before renormalisation starts."""
-    impl: Literal["auto", "torch", "triton"] = "auto"
-    """auto: Triton kernel on CUDA tensors, torch reference elsewhere."""
+    impl: Literal["auto", "torch", "torch_fast", "triton"] = "auto"
+    """auto: Triton kernel on CUDA tensors, torch_fast (hand-written backward) elsewhere;
+    torch: the composed reference."""
 
 
 @dataclass

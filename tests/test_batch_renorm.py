@@ -263,3 +263,41 @@ def test_module_surface() -> None:
     assert set(layer.state_dict()) == {"weight", "bias", "running_mean", "running_var", "steps"}
     layer.impl = "torch"
     assert layer(torch.randn(2, 3, 4)).shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("relu", ["none", "input", "output"])
+@pytest.mark.parametrize("steps", [0, 1], ids=["warmup", "renorm"])
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_hand_written_backward_equals_reference(relu: str, steps: int, ensemble: bool) -> None:
+    """impl='torch_fast' (the CPU default) against the composed reference: outputs, all grads, stats."""
+    x0, rm0, rv0 = clipping_case(33, 10)
+    if ensemble:
+        x0, rm0, rv0 = torch.stack([x0, x0.flip(0) * 0.5]), torch.stack([rm0, rv0 - 1]), torch.stack([rv0, rv0 * 2])
+    g = torch.randn(x0.shape)
+
+    def run(impl: str) -> list[Tensor]:
+        x = x0.clone().requires_grad_()
+        w = torch.linspace(-1.5, 2.0, x0.numel() // x0.shape[-2]).view(rm0.shape).requires_grad_()
+        b = torch.linspace(-0.5, 0.5, w.numel()).view(rm0.shape).requires_grad_()
+        state = (rm0.clone(), rv0.clone(), torch.tensor(steps))
+        y = batch_renorm(x, w, b, *state, training=True, warmup_steps=1, relu=relu, impl=impl, **HYPER)  # type: ignore[arg-type]
+        return [y, *grads(y, g, x, w, b), *state]
+
+    for fast, ref in zip(run("torch_fast"), run("torch")):
+        close(fast, ref, 2e-5)
+
+
+def test_hand_written_backward_gradcheck_float64() -> None:
+    """Finite differences of the hand-written backward in float64, in warmup: with r and d
+    stop-gradients, only r = 1, d = 0 makes BRN's gradient the true derivative."""
+    from crossq_gpu.kernels.torch_brn import batch_renorm_train
+
+    x0, rm, rv = clipping_case(12, 5)
+    for relu in ("none", "input", "output"):
+        def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+            state = (rm.double(), rv.double(), torch.tensor(0))
+            return batch_renorm_train(x, w, b, *state, warmup_steps=1, relu=relu, **HYPER)  # type: ignore[arg-type]
+
+        inputs = (x0.double().requires_grad_(), torch.linspace(0.5, 2.0, 5, dtype=torch.float64).requires_grad_(),
+                  torch.linspace(-1.0, 1.0, 5, dtype=torch.float64).requires_grad_())
+        assert torch.autograd.gradcheck(fn, inputs), relu

@@ -1,9 +1,10 @@
 """Batch Renormalization: the `batch_renorm` dispatcher and the `BatchRenorm1d` modules.
 
-`batch_renorm` picks the implementation (Triton on CUDA, the torch reference elsewhere),
-casts to float32 with autocast off (BRN in bf16/fp16 is a known NaN source), and validates
-shapes. Both implementations share `renorm_factors` / `update_running_stats`, so warmup,
-clipping and the running-statistics update are one piece of code.
+`batch_renorm` picks the implementation (Triton on CUDA, torch ops with a hand-written
+backward elsewhere, the composed torch reference on request), casts to float32 with
+autocast off (BRN in bf16/fp16 is a known NaN source), and validates shapes. All share
+`renorm_factors` / `update_running_stats`, so warmup, clipping and the running-statistics
+update are one piece of code.
 """
 
 import os
@@ -21,6 +22,7 @@ from crossq_gpu.kernels.reference import (
     renorm_factors,
     update_running_stats,
 )
+from crossq_gpu.kernels.torch_brn import batch_renorm_train
 
 try:
     from crossq_gpu.kernels import triton_brn
@@ -29,21 +31,22 @@ except ModuleNotFoundError as err:  # Triton is optional on CPU-only installs.
         raise
     triton_brn = None  # type: ignore[assignment]
 
-Impl = Literal["auto", "torch", "triton"]
+Impl = Literal["auto", "torch", "torch_fast", "triton"]
 
 
-def _use_triton(x: Tensor, impl: Impl) -> bool:
-    if impl == "torch":
-        return False
+def _resolve(x: Tensor, impl: Impl) -> Impl:
+    """The implementation that runs: auto is Triton on CUDA tensors and torch_fast elsewhere."""
     if impl == "auto":
-        return x.is_cuda and triton_brn is not None
+        return "triton" if x.is_cuda and triton_brn is not None else "torch_fast"
+    if impl not in ("torch", "torch_fast", "triton"):
+        raise ValueError(f"impl must be 'auto', 'torch', 'torch_fast' or 'triton', got {impl!r}")
     if impl != "triton":
-        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+        return impl
     if triton_brn is None:
         raise ValueError("impl='triton' needs the triton package")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("impl='triton' on non-CUDA tensors needs TRITON_INTERPRET=1 (tests only)")
-    return True
+    return impl
 
 
 def _check(x: Tensor, per_channel: dict[str, Tensor], training: bool, relu: str) -> None:
@@ -82,7 +85,9 @@ def batch_renorm(
 
     relu="input": y = BRN(relu(x)) (Linear → ReLU → BRN); relu="output": y = relu(BRN(x)).
     In training mode running_mean/running_var/steps are updated in place. Output is float32.
-    impl="auto" runs Triton on CUDA tensors and the torch reference otherwise.
+    impl: "torch" is the composed reference (the test oracle), "torch_fast" the same function
+    with a hand-written backward (the default off CUDA), "triton" the fused kernels (the
+    default on CUDA); "auto" picks by device.
     """
     _check(
         x,
@@ -93,10 +98,15 @@ def batch_renorm(
     hyper = dict(eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps)
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
-        if not _use_triton(x, impl):
+        chosen = _resolve(x, impl)
+        if chosen == "torch" or (chosen == "torch_fast" and not training):  # eval: the reference is one pass
             return batch_renorm_reference(
                 x, weight, bias, running_mean, running_var, steps,
                 training=training, momentum=momentum, relu=relu, **hyper,
+            )
+        if chosen == "torch_fast":
+            return batch_renorm_train(
+                x, weight, bias, running_mean, running_var, steps, momentum=momentum, relu=relu, **hyper
             )
         if not training:
             rstd = torch.rsqrt(read_stats(running_var) + eps)
