@@ -26,10 +26,15 @@ Metrics = dict[str, Tensor]
 
 
 def make_adam(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam with its state created up front (so checkpoints and CUDA graphs see fixed tensors)."""
+    """Adam with its state created up front (so checkpoints and CUDA graphs see fixed tensors).
+
+    CUDA: capturable foreach Adam (CUDA-graph safe). CPU: fused Adam, one C++ kernel per
+    parameter instead of ~10 torch ops, and no per-parameter `.item()` of the step count.
+    """
     params = list(params)
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), capturable=device.type == "cuda",
-                           foreach=True)
+    cuda = device.type == "cuda"
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), capturable=cuda, foreach=cuda or None,
+                           fused=not cuda or None)
     for p in params:  # a zero-gradient step allocates exp_avg/exp_avg_sq/step and moves nothing
         p.grad = torch.zeros_like(p)
     opt.step()
