@@ -171,6 +171,47 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _many_envs(env: str, critic_width: int, max_size: int, total_steps: int = 50_000_000) -> dict[str, Any]:
+    """A `--num-envs 4096` preset for one consumer GPU (24 GB). Chosen by reasoning, not yet
+    by a GPU benchmark; docs/presets.md has the arithmetic and what to confirm.
+
+    4 updates of 16,384 per vector step of 4,096 transitions (each transition sampled ~16
+    times); α starts at 0.1 because log α moves ~lr per α update and one update now comes
+    per 1,024 transitions, not per one; critics narrower than the paper's 2048 so those 4
+    updates cost about as much as the env step; run intervals in env steps scaled to 4,096.
+    """
+    return {
+        "env": {"name": env, "num_envs": 4096},
+        "agent": {
+            "algorithm": {"training_iter": 4, "alpha_init": 0.1, "training_start_step": 65_536},
+            "memory": {"batch_size": 16_384, "max_size": max_size},
+            "critic_net": {"hidden": [critic_width, critic_width]},
+        },
+        "run": {"total_steps": total_steps, "eval_every": 1_000_000, "log_every": 100_000,
+                "checkpoint_every": 5_000_000},
+    }
+
+
+# Buffer bytes = max_size · (2·obs + act + 2) · 4 (ReplayBuffer.nbytes), Brax obs/act dims:
+#   env          obs  act  bytes/transition  max_size   buffer
+#   ant           27    8               256    10 M     2.4 GiB
+#   halfcheetah   17    6               168    10 M     1.6 GiB
+#   hopper        11    3               108    10 M     1.0 GiB
+#   walker2d      17    6               168    10 M     1.6 GiB
+#   humanoid     244   17              2028     4 M     7.6 GiB
+# Critic activations at batch 16,384 (32,768 rows, 2 critics, width 1024): ~8 live
+# [2, 32768, 1024] float32 tensors = 2.0 GiB per step, ×3 for two captured graphs and the
+# eager warm-up ≈ 6 GiB; networks + Adam < 0.1 GiB; Brax state and XLA ≈ 2–4 GiB.
+# Humanoid, the largest: 7.6 + 6 + 4 ≈ 18 GiB of 24.
+PRESETS.update({
+    "ant-4096": _many_envs("ant", 1024, 10_000_000),
+    "halfcheetah-4096": _many_envs("halfcheetah", 512, 10_000_000),
+    "hopper-4096": _many_envs("hopper", 512, 10_000_000),
+    "walker2d-4096": _many_envs("walker2d", 512, 10_000_000),
+    "humanoid-4096": _many_envs("humanoid", 1024, 4_000_000, total_steps=100_000_000),
+})
+
+
 def resolve_preset(name: str, cuda_available: bool) -> str:
     """`auto` is `paper` on CUDA and `cpu` elsewhere (SPEC §1)."""
     if name == "auto":
