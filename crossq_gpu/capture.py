@@ -17,7 +17,8 @@ class GraphedCall:
     """`fn(*static_inputs)` captured once; each call copies its inputs in and replays.
 
     The warm-up runs that capture needs (on a side stream) would otherwise train: every
-    tensor in `state` is restored afterwards, so capturing leaves the learner unchanged.
+    tensor in `state` is restored afterwards, and so is the CUDA RNG state, so capturing
+    leaves the learner unchanged and the first replay draws what an eager step would.
     Outputs are the graph's static tensors: the next replay overwrites them, so a caller
     that keeps one past that (e.g. an action handed to JAX) must clone it.
     """
@@ -25,6 +26,7 @@ class GraphedCall:
     def __init__(self, fn: Callable[..., Any], state: list[Tensor], static_inputs: tuple[Tensor, ...] = (),
                  warmup: int = 3) -> None:
         snapshot = [t.detach().clone() for t in state]
+        rng = torch.cuda.get_rng_state()
         self.static_inputs = static_inputs
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -38,6 +40,7 @@ class GraphedCall:
         with torch.no_grad():
             for tensor, saved in zip(state, snapshot):
                 tensor.copy_(saved)
+        torch.cuda.set_rng_state(rng)
 
     def __call__(self, *inputs: Tensor) -> Any:
         for static, value in zip(self.static_inputs, inputs):
