@@ -11,7 +11,7 @@ import pytest
 
 from crossq_gpu import learner
 
-pytestmark = [pytest.mark.learning, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.learning, pytest.mark.timeout(600)]
 
 
 def best_eval(out: Path) -> float:
@@ -30,7 +30,7 @@ def train(tmp_path: Path, *args: str) -> Path:
 
 
 def test_crossq_learns_pendulum(tmp_path):
-    out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "8000",
+    out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "6000",
                 "--set", "agent.algorithm.training_start_step=1000")
     assert best_eval(out) >= -250
 
@@ -48,7 +48,7 @@ def test_sac_learns_pendulum(tmp_path):
 
 
 def test_crossq_with_prioritized_replay_learns_pendulum(tmp_path):
-    out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "8000",
+    out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "6000",
                 "--set", "agent.algorithm.training_start_step=1000",
                 "--set", "agent.memory.name=PrioritizedReplay")
     assert best_eval(out) >= -250
