@@ -152,9 +152,7 @@ class Run:
         self.agent: Agent = build_agent(cfg, self.env.obs_dim, self.env.act_dim, self.env.num_actions).to(device)
         action_shape = () if self.discrete else (self.env.act_dim,)
         mem = cfg.agent.memory
-        per = ({} if mem.name == "Replay" else
-               {"alpha": mem.prioritized.alpha, "beta": mem.prioritized.beta, "eps": mem.prioritized.eps,
-                "beta_final": mem.prioritized.beta_final, "beta_steps": mem.prioritized.beta_steps})
+        per = {} if mem.name == "Replay" else config_mod.to_dict(mem.prioritized)
         self.buffer = make_buffer(mem.name, obs_dim=self.env.obs_dim, action_shape=action_shape,
                                   max_size=mem.max_size, num_envs=cfg.env.num_envs, device=device,
                                   action_dtype=torch.int64 if self.discrete else torch.float32, **per)
