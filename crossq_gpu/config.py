@@ -245,6 +245,11 @@ def set_dotted(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {path}: value {raw!r} is not valid YAML ({exc})") from None
+    return set_path(tree, path, value)
+
+
+def set_path(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """`tree` with the field at `dotted.path` set to an already-typed value."""
     *parents, leaf = path.split(".")
     override: dict[str, Any] = {leaf: value}
     for key in reversed(parents):
@@ -374,12 +379,14 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 
 
 def build_config(preset: str, cuda_available: bool, config_file: str | None = None,
-                 overrides: list[str] = ()) -> tuple[Config, str]:
-    """Preset < --config file < flags and --set. Returns the config and the preset used."""
+                 overrides: list[str] = (), flags: dict[str, Any] | None = None) -> tuple[Config, str]:
+    """Preset < --config file < flags (dotted path → value) < --set. Returns the config and the preset."""
     chosen = resolve_preset(preset, cuda_available)
     tree = merge(to_dict(Config()), PRESETS[chosen])
     if config_file is not None:
         tree = merge(tree, load_yaml(config_file))
+    for path, value in (flags or {}).items():
+        tree = set_path(tree, path, value)
     for assignment in overrides:
         tree = set_dotted(tree, assignment)
     return from_dict(tree), chosen

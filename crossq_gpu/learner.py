@@ -86,18 +86,15 @@ FLAG_FIELDS = {
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, str]:
     """Preset < --config (or the resumed run's config.yaml) < flags and --set."""
-    overrides = [f"{path}={getattr(args, flag)!r}" if isinstance(getattr(args, flag), str)
-                 else f"{path}={str(getattr(args, flag)).lower()}"
-                 for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None]
+    flags = {path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None}
     if args.algo is not None:
-        overrides.append(f"agent.algorithm.name={'CrossQ' if args.algo == 'crossq' else 'SAC'}")
-    overrides += args.set
+        flags["agent.algorithm.name"] = "CrossQ" if args.algo == "crossq" else "SAC"
     config_file = args.config
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
         config_file = str(Path(args.resume) / "config.yaml")
-    return config_mod.build_config(args.preset, torch.cuda.is_available(), config_file, overrides)
+    return config_mod.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags)
 
 
 def resolve_device(name: str) -> torch.device:
