@@ -20,6 +20,7 @@ from crossq_gpu import losses
 from crossq_gpu.buffer import Batch, ReplayBuffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.config import Config, OptimConfig
+from crossq_gpu.distributed import Ranks
 from crossq_gpu.networks import Agent
 
 Metrics = dict[str, Tensor]
@@ -53,10 +54,14 @@ def target_entropy(cfg: Config, act_dim: int | None, num_actions: int | None) ->
 
 
 class Update:
-    """Owns the optimizers and performs gradient steps on `agent` from `buffer`."""
+    """Owns the optimizers and performs gradient steps on `agent` from `buffer`.
+
+    Under data parallelism (`ranks.world` > 1) the gradients are averaged over the ranks
+    between each backward and its optimizer step, so every rank takes the same step.
+    """
 
     def __init__(self, agent: Agent, buffer: ReplayBuffer, cfg: Config, entropy_target: float,
-                 device: torch.device) -> None:
+                 device: torch.device, ranks: Ranks = Ranks()) -> None:
         alg = cfg.agent.algorithm
         self.agent, self.buffer = agent, buffer
         self.crossq = alg.name == "CrossQ"
@@ -64,12 +69,14 @@ class Update:
         self.batch_size = cfg.agent.memory.batch_size
         self.target_entropy = entropy_target
         self.prioritized = cfg.agent.memory.name == "PrioritizedReplay"
-        self.critic_opt = make_adam(agent.critic.parameters(), cfg.agent.critic_net.optim, device)
+        self.critic_params = list(agent.critic.parameters())
+        self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
+        self.critic_opt = make_adam(self.critic_params, cfg.agent.critic_net.optim, device)
         self.actor_opt = make_adam(agent.actor.parameters(), cfg.agent.net.optim, device)
         self.alpha_opt = make_adam([agent.log_alpha], alg.alpha_optim, device)
-        self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
+        self.ranks = ranks
         self.polyak_pairs = (None if agent.critic_target is None else
-                             (list(agent.critic_target.parameters()), list(agent.critic.parameters())))
+                             (list(agent.critic_target.parameters()), self.critic_params))
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.run.autocast == "bf16" else contextlib.nullcontext())
         if cfg.run.compile:
@@ -137,6 +144,7 @@ class Update:
             loss, td_abs, metrics = self.critic_losses(batch)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.ranks.average_gradients_(self.critic_params)
         self.critic_opt.step()
         if self.prioritized:
             self.buffer.update_priorities(batch.indices, td_abs)
@@ -150,6 +158,7 @@ class Update:
             # Only the actor and log α receive this gradient; it flows through the critics
             # into ã, but the critic parameters are excluded.
             policy_loss.backward(inputs=self.actor_params)
+            self.ranks.average_gradients_(self.actor_params)
             self.actor_opt.step()
             self.alpha_opt.step()
             metrics = {**metrics, **policy_metrics}

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.distributed import ProcessGroup
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
@@ -80,6 +81,7 @@ def batch_renorm(
     warmup_steps: int,
     relu: Relu = "none",
     impl: Impl = "auto",
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """Batch Renormalization (SPEC §2) of x [N, C] or [E, N, C] over dim -2, fused with a ReLU.
 
@@ -88,6 +90,9 @@ def batch_renorm(
     impl: "torch" is the composed reference (the test oracle), "torch_fast" the same function
     with a hand-written backward (the default off CUDA), "triton" the fused kernels (the
     default on CUDA); "auto" picks by device.
+    group: in training, take the batch statistics over the batches of every rank of this
+    process group (data-parallel training); that runs the composed reference with one
+    all-reduce per layer, whatever `impl` says.
     """
     _check(
         x,
@@ -99,6 +104,11 @@ def batch_renorm(
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
         chosen = _resolve(x, impl)
+        if training and group is not None:
+            return batch_renorm_reference(
+                x, weight, bias, running_mean, running_var, steps,
+                training=True, momentum=momentum, relu=relu, group=group, **hyper,
+            )
         if chosen == "torch" or (chosen == "torch_fast" and not training):  # eval: the reference is one pass
             return batch_renorm_reference(
                 x, weight, bias, running_mean, running_var, steps,
@@ -125,7 +135,8 @@ class BatchRenorm1d(nn.Module):
 
     With `ensemble_size=E` every tensor gets a leading E dimension and the layer normalises
     an [E, N, C] input as E independent layers (one per critic of a batched ensemble).
-    `impl` is a plain attribute, so a benchmark or config can switch it after construction.
+    `impl` and `process_group` are plain attributes, so a benchmark, config or the
+    data-parallel setup (`distributed.sync_batch_renorm`) can switch them after construction.
     """
 
     def __init__(
@@ -149,6 +160,7 @@ class BatchRenorm1d(nn.Module):
         self.relu: Relu = relu
         self.ensemble_size = ensemble_size
         self.impl: Impl = impl
+        self.process_group: ProcessGroup | None = None
         shape = self._param_shape()
         self.weight = nn.Parameter(torch.empty(shape, device=device))
         self.bias = nn.Parameter(torch.empty(shape, device=device))
@@ -176,6 +188,7 @@ class BatchRenorm1d(nn.Module):
             x, self.weight, self.bias, self.running_mean, self.running_var, self.steps,
             training=self.training if training is None else training, momentum=self.momentum, eps=self.eps, r_max=self.r_max,
             d_max=self.d_max, warmup_steps=self.warmup_steps, relu=self.relu, impl=self.impl,
+            group=self.process_group,
         )
 
     def extra_repr(self) -> str:

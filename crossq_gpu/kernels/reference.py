@@ -13,6 +13,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.distributed import ProcessGroup
+
+from crossq_gpu.kernels.synced_stats import global_moments
 
 Relu = Literal["none", "input", "output"]
 
@@ -95,21 +98,29 @@ def batch_renorm_reference(
     d_max: float,
     warmup_steps: int,
     relu: Relu = "none",
+    group: ProcessGroup | None = None,
 ) -> Tensor:
-    """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x); eval uses the running stats."""
+    """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x); eval uses the running stats.
+
+    With a process `group`, μ_B and σ_B are those of the batches of all its ranks together.
+    """
     h = torch.relu(x) if relu == "input" else x
     if training:
-        # Two passes (mean, then mean of squared deviations): exact like var_mean, and an
-        # order of magnitude faster than var_mean's strided reduction on CPU.
-        mean = h.mean(dim=-2)
-        centered = h - mean.unsqueeze(-2)
-        var = (centered * centered).mean(dim=-2)
+        if group is None:
+            # Two passes (mean, then mean of squared deviations): exact like var_mean, and an
+            # order of magnitude faster than var_mean's strided reduction on CPU.
+            mean = h.mean(dim=-2)
+            centered = h - mean.unsqueeze(-2)
+            var = (centered * centered).mean(dim=-2)
+            n = h.shape[-2]
+        else:
+            mean, var, n = global_moments(h, read_stats(running_mean).detach(), group)
         r, d = renorm_factors(
             mean.detach(), var.detach(), running_mean, running_var, steps,
             eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps,
         )
         update_running_stats(
-            mean.detach(), var.detach(), h.shape[-2], running_mean, running_var, steps,
+            mean.detach(), var.detach(), n, running_mean, running_var, steps,
             momentum=momentum,
         )
         # y = γ((h − μ)/σ·r + d) + β folded into y = h·scale + shift over [.., C] vectors:
