@@ -35,7 +35,8 @@ class GraphedCall:
                 fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other threads' CUDA calls (NCCL's watchdog, JAX) cannot break the capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.outputs = fn(*static_inputs)
         with torch.no_grad():
             for tensor, saved in zip(state, snapshot):

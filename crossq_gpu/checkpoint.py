@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-FORMAT = "crossq_gpu/1"
+FORMAT = "crossq_gpu/2"  # 2: per-rank state under "ranks" (data-parallel runs)
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +45,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("crossq_gpu/"):
         raise CheckpointError(f"{path} is not a crossq_gpu checkpoint")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(f"{path} was written by another version of crossq_gpu "
+                              f"(format {payload['format']}, this one reads {FORMAT})")
     return payload

@@ -31,6 +31,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun announced it (0 without torchrun), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pin_local_gpu() -> None:
     """Show this rank only its own GPU (the LOCAL_RANK-th), to torch and to JAX alike.
 
@@ -122,7 +127,8 @@ def start(device: torch.device, timeout_min: float = 30.0) -> Ranks:
     if not launched_by_torchrun():
         return Ranks()
     cuda = device.type == "cuda"
-    if cuda:
+    if cuda:  # after pin_local_gpu the rank's one GPU is cuda:0
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_min),
                             device_id=device if cuda else None)

@@ -3,6 +3,10 @@
 Everything that is the run's state (networks, BRN statistics, optimizers, log α, buffer,
 env, counters, RNG, metric windows) is built in `Run` and saved by `Run.checkpoint`, which
 is exactly what `--resume` restores.
+
+Under `torchrun --nproc-per-node K` every rank runs this loop on its own envs and buffer
+(`distributed.py`): env steps and --total-steps count all ranks' envs, rank 0 writes the
+metrics, evaluations and the one checkpoint, which holds each rank's envs, RNG and buffer.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any
 import torch
 
 from crossq_gpu import config as config_mod
+from crossq_gpu import distributed
 from crossq_gpu.buffer import make_buffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from crossq_gpu.config import Config, ConfigError
+from crossq_gpu.distributed import Ranks
 from crossq_gpu.envs import VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
 from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
@@ -134,19 +140,23 @@ class Counters:
 
 
 class Run:
-    """One training run: builds every piece from the config and owns the loop."""
+    """One training run (one rank's part of it, under torchrun): builds every piece and owns the loop."""
 
-    def __init__(self, cfg: Config, out_dir: Path, device: torch.device) -> None:
-        self.cfg, self.out_dir, self.device = cfg, out_dir, device
+    def __init__(self, cfg: Config, out_dir: Path, device: torch.device, ranks: Ranks = Ranks()) -> None:
+        self.cfg, self.out_dir, self.device, self.ranks = cfg, out_dir, device, ranks
         run, alg = cfg.run, cfg.agent.algorithm
         torch.manual_seed(run.seed)
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls; BRN statistics stay float32
-        self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed,
+        self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed + ranks.rank,
                                     backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         self.discrete = self.env.num_actions is not None
         alg.action_pdtype = "Categorical" if self.discrete else "Normal"
         self.agent: Agent = build_agent(cfg, self.env.obs_dim, self.env.act_dim, self.env.num_actions).to(device)
+        ranks.broadcast_(self.agent.state_dict().values())  # one set of weights, whatever each rank drew
+        distributed.sync_batch_renorm(self.agent, ranks)
+        if ranks.rank:  # each rank its own sampling and noise; rank 0 keeps a single process's stream
+            torch.manual_seed(run.seed + ranks.rank)
         action_shape = () if self.discrete else (self.env.act_dim,)
         mem = cfg.agent.memory
         per = {} if mem.name == "Replay" else config_mod.to_dict(mem.prioritized)
@@ -154,11 +164,11 @@ class Run:
                                   max_size=mem.max_size, num_envs=cfg.env.num_envs, device=device,
                                   action_dtype=torch.int64 if self.discrete else torch.float32, **per)
         entropy = target_entropy(cfg, self.env.act_dim, self.env.num_actions)
-        self.update = Update(self.agent, self.buffer, cfg, entropy, device)
+        self.update = Update(self.agent, self.buffer, cfg, entropy, device, ranks)
         self.window = MetricsWindow(device)
         self.returns = EpisodeReturns(cfg.env.num_envs, device)
         self.counters = Counters()
-        self.obs = self.env.reset(seed=run.seed)
+        self.obs = self.env.reset(seed=run.seed + ranks.rank)
         self.eval_env: VecEnv | None = None
         self.checkpoint_path = out_dir / "checkpoint.pt"
         self.last_checkpoint_step: int | None = None
@@ -191,23 +201,23 @@ class Run:
         A stop request is honoured between steps, so the checkpoint it writes is
         consistent (never half an env step or half an update).
         """
-        cfg, c = self.cfg, self.counters
+        cfg, c, ranks = self.cfg, self.counters, self.ranks
         alg = cfg.agent.algorithm
-        writer = MetricsWriter(self.out_dir)
-        bar = progress_bar(cfg.run.total_steps, c.env_steps)
+        writer = MetricsWriter(self.out_dir) if ranks.main else None
+        bar = progress_bar(cfg.run.total_steps, c.env_steps, show=ranks.main)
         last = (time.perf_counter(), c.env_steps, self.update.grad_steps)
         start_wall = time.perf_counter() - c.wall_s
-        stop = []
+        stop, stopped = [], False
         handlers = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while c.env_steps < cfg.run.total_steps and not stop:
+            while c.env_steps < cfg.run.total_steps and not stopped:
                 prev = c.env_steps
                 action = self._act()
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 self.buffer.add(self.obs, action, reward, info["final_obs"], terminated)
                 self.returns.update(reward, terminated | truncated)
                 self.obs = next_obs
-                c.env_steps += cfg.env.num_envs
+                c.env_steps += cfg.env.num_envs * ranks.world
                 c.vector_steps += 1
                 if c.env_steps >= alg.training_start_step and c.vector_steps % alg.training_frequency == 0:
                     for _ in range(alg.training_iter):
@@ -216,10 +226,11 @@ class Run:
                 bar.update(c.env_steps - prev)
                 if _crossed(prev, c.env_steps, cfg.run.log_every):
                     last = self._log(writer, bar, last)
-                if cfg.run.eval_every and _crossed(prev, c.env_steps, cfg.run.eval_every):
+                if writer and cfg.run.eval_every and _crossed(prev, c.env_steps, cfg.run.eval_every):
                     self._evaluate(writer)
                 if cfg.run.checkpoint_every and _crossed(prev, c.env_steps, cfg.run.checkpoint_every):
                     self.checkpoint()
+                stopped = ranks.any(bool(stop))  # every rank stops after the same step
             if self.window.counts or c.env_steps % cfg.run.log_every:
                 self._log(writer, bar, last)
             self.checkpoint()
@@ -227,22 +238,27 @@ class Run:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             bar.close()
-            writer.close()
-        if stop:
+            if writer:
+                writer.close()
+        if stopped and ranks.main:
             print(f"\nstopped at env step {c.env_steps}; checkpoint written to {self.checkpoint_path}",
                   file=sys.stderr)
-        return not stop
+        return not stopped
 
-    def _log(self, writer: MetricsWriter, bar: Any, last: tuple[float, int, int]) -> tuple[float, int, int]:
+    def _log(self, writer: MetricsWriter | None, bar: Any, last: tuple[float, int, int]) -> tuple[float, int, int]:
+        """Every rank reduces its window (a collective); rank 0 writes the row."""
         self._check_finite()
         c, now = self.counters, time.perf_counter()
         t0, steps0, grads0 = last
         elapsed = max(now - t0, 1e-9)
-        means = self.window.read()
+        means = self.window.read(self.ranks.all_sum)
         row = {"kind": "train", "env_steps": c.env_steps, "grad_steps": self.update.grad_steps,
                "wall_s": round(c.wall_s, 3), "sps": (c.env_steps - steps0) / elapsed,
-               "ups": (self.update.grad_steps - grads0) / elapsed, "return_mean": self.returns.read(),
+               "ups": (self.update.grad_steps - grads0) / elapsed,
+               "return_mean": self.returns.read(self.ranks.all_sum),
                **{k: means[k] for k in ("critic_loss", "actor_loss", "alpha", "q_mean")}}
+        if writer is None:
+            return now, c.env_steps, self.update.grad_steps
         writer.write(row)
         ret = row["return_mean"]
         bar.set_postfix(sps=f"{row['sps']:.0f}", ups=f"{row['ups']:.0f}",
@@ -260,8 +276,10 @@ class Run:
                       "return_mean": mean, "return_std": std, "episodes": episodes})
 
     def _check_finite(self) -> None:
-        step = self.window.nonfinite_step()
-        if step is not None:
+        """Raise TrainingError on every rank if any rank saw a NaN/Inf loss."""
+        local = self.window.nonfinite_step()
+        step = self.ranks.min(sys.maxsize if local is None else local)
+        if step != sys.maxsize:
             where = (f"the last good checkpoint is {self.checkpoint_path} (env step {self.last_checkpoint_step})"
                      if self.last_checkpoint_step is not None else "no checkpoint was written")
             raise TrainingError(f"NaN/Inf loss at gradient step {step} (before env step "
@@ -270,13 +288,13 @@ class Run:
     # --- checkpoints --------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """Save everything needed to continue exactly; never over a good one with NaNs."""
+        """Save everything needed to continue exactly; never over a good one with NaNs.
+
+        The weights and optimizers are the same on every rank; the envs, RNG, metric windows
+        and buffer are each rank's own, gathered into `ranks` so that one file holds the run.
+        """
         self._check_finite()
-        payload = {
-            "config": config_mod.to_dict(self.cfg),
-            "agent": self.agent.state_dict(),
-            "update": self.update.state_dict(),
-            "counters": vars(self.counters).copy(),
+        local = {
             "obs": self.obs,
             "env": self.env.state_dict(),
             "returns": self.returns.state_dict(),
@@ -285,28 +303,37 @@ class Run:
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
         if self.cfg.run.save_buffer:
-            payload["buffer"] = self.buffer.state_dict()
-        save_checkpoint(payload, self.checkpoint_path)
+            local["buffer"] = self.buffer.state_dict()
+        every_rank = self.ranks.gather(local)
+        if self.ranks.main:
+            save_checkpoint({"config": config_mod.to_dict(self.cfg), "agent": self.agent.state_dict(),
+                             "update": self.update.state_dict(), "counters": vars(self.counters).copy(),
+                             "world_size": self.ranks.world, "ranks": every_rank}, self.checkpoint_path)
         self.last_checkpoint_step = self.counters.env_steps
 
     def restore(self, payload: dict[str, Any]) -> None:
+        written_by = payload.get("world_size")
+        if written_by != self.ranks.world:
+            raise CheckpointError(f"the checkpoint was written by {written_by} process(es) and this run has "
+                                  f"{self.ranks.world}: resume with the same torchrun --nproc-per-node")
         try:
+            local = payload["ranks"][self.ranks.rank]
             self.agent.load_state_dict(payload["agent"])
             self.update.load_state_dict(payload["update"])
             self.counters = Counters(**payload["counters"])
-            self.obs = payload["obs"].to(self.device)
-            self.env.load_state_dict(payload["env"])
-            self.returns.load_state_dict(payload["returns"])
-            self.window.load_state_dict(payload["window"])
-            if "buffer" in payload:
-                self.buffer.load_state_dict(payload["buffer"])
-            torch.set_rng_state(payload["rng"]["torch"])
-            if payload["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+            self.obs = local["obs"].to(self.device)
+            self.env.load_state_dict(local["env"])
+            self.returns.load_state_dict(local["returns"])
+            self.window.load_state_dict(local["window"])
+            if "buffer" in local:
+                self.buffer.load_state_dict(local["buffer"])
+            torch.set_rng_state(local["rng"]["torch"])
+            if local["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(local["rng"]["cuda"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match this run ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:200]})") from None
-        if "buffer" not in payload and self.counters.env_steps > 0:
+        if "buffer" not in local and self.counters.env_steps > 0 and self.ranks.main:
             print("note: the checkpoint holds no replay buffer (--save-buffer); it refills from now on",
                   file=sys.stderr)
         self.last_checkpoint_step = self.counters.env_steps
@@ -318,30 +345,46 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    main_rank = distributed.env_rank() == 0  # every rank meets the same bad input; one says so
+    ranks = Ranks()
     try:
+        distributed.pin_local_gpu()
         cfg, preset = resolve_config(args)
         device = resolve_device(cfg.run.device)
         payload = load_checkpoint(Path(args.resume)) if args.resume else None
-        out_dir = prepare_out_dir(Path(args.resume or args.out or default_out_dir(cfg)))
-        print(f"crossq_gpu: preset {preset}, {cfg.agent.algorithm.name} on {cfg.env.name} "
-              f"({cfg.env.num_envs} envs), device {device}, out {out_dir}", flush=True)
-        if preset == "cpu":
-            print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
-                  f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)
-        run = Run(cfg, out_dir, device)
+        out_dir = Path(args.resume or args.out or default_out_dir(cfg))
+        if main_rank:
+            prepare_out_dir(out_dir)
+        ranks = distributed.start(device)
+        if ranks.main:
+            scale = f"{ranks.world} ranks x {cfg.env.num_envs}" if ranks.world > 1 else f"{cfg.env.num_envs}"
+            print(f"crossq_gpu: preset {preset}, {cfg.agent.algorithm.name} on {cfg.env.name} "
+                  f"({scale} envs), device {device}, out {out_dir}", flush=True)
+            if preset == "cpu":
+                print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
+                      f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)
+        run = Run(cfg, out_dir, device, ranks)
         if payload is not None:
             run.restore(payload)
-        config_mod.save_yaml(run.cfg, out_dir / "config.yaml")
+        if ranks.main:
+            config_mod.save_yaml(run.cfg, out_dir / "config.yaml")
         if not run.train():
             return EXIT_INTERRUPTED
     except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return _fail(exc, EXIT_NONFINITE, main_rank)
     except (ConfigError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"done: {run.counters.env_steps} env steps; results in {out_dir}")
+        return _fail(exc, EXIT_USAGE, main_rank)
+    finally:
+        distributed.stop(ranks)
+    if main_rank:
+        print(f"done: {run.counters.env_steps} env steps; results in {out_dir}")
     return 0
+
+
+def _fail(exc: Exception, code: int, show: bool) -> int:
+    if show:
+        print(f"error: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ TB_TAGS = {
 EVAL_TAGS = {"return_mean": "eval/return_mean", "return_std": "eval/return_std"}
 TRAIN_FIELDS = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
 LOSS_FIELDS = ("critic_loss", "actor_loss")
+Reduce = Callable[[Tensor], Tensor]  # sums over data-parallel ranks (`Ranks.all_sum`); identity alone
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 class MetricsWindow:
@@ -55,11 +61,17 @@ class MetricsWindow:
         self.first_nonfinite = torch.where(mark, torch.full_like(self.first_nonfinite, grad_step),
                                            self.first_nonfinite)
 
-    def read(self) -> dict[str, float | None]:
-        """Means since the last read (None where nothing was recorded); resets the window."""
+    def read(self, reduce: Reduce = _identity) -> dict[str, float | None]:
+        """Means since the last read (None where nothing was recorded); resets the window.
+
+        `reduce` sums the window over data-parallel ranks, which record the same names.
+        """
         names = list(self.sums)
-        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []
-        means = {n: v / self.counts[n] for n, v in zip(names, values)}
+        means = {}
+        if names:
+            counts = torch.tensor([self.counts[n] for n in names], dtype=torch.float32, device=self.device)
+            sums, counts = reduce(torch.stack([torch.stack([self.sums[n] for n in names]), counts])).tolist()
+            means = {n: s / c for n, s, c in zip(names, sums, counts)}
         self.sums, self.counts = {}, {}
         return {field: means.get(field) for field in TRAIN_FIELDS}
 
@@ -91,9 +103,12 @@ class EpisodeReturns:
         self.finished_count += done.sum()
         self.running *= ~done
 
-    def read(self) -> float | None:
-        """Mean return of the episodes finished since the last read (None if none); resets."""
-        total, count = torch.stack([self.finished_sum, self.finished_count]).tolist()
+    def read(self, reduce: Reduce = _identity) -> float | None:
+        """Mean return of the episodes finished since the last read (None if none); resets.
+
+        `reduce` adds up the episodes of every data-parallel rank.
+        """
+        total, count = reduce(torch.stack([self.finished_sum, self.finished_count])).tolist()
         self.finished_sum.zero_()
         self.finished_count.zero_()
         return total / count if count else None
@@ -129,7 +144,7 @@ class MetricsWriter:
         self.tb.close()
 
 
-def progress_bar(total: int, initial: int) -> tqdm:
-    """Env-step progress; silent when stdout is not a terminal (CI, pipes, files)."""
+def progress_bar(total: int, initial: int, show: bool = True) -> tqdm:
+    """Env-step progress; silent when stdout is not a terminal (CI, pipes, files) or not `show`."""
     return tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
-                disable=not sys.stdout.isatty(), file=sys.stdout)
+                disable=not (show and sys.stdout.isatty()), file=sys.stdout)

@@ -8,6 +8,10 @@ batch — the definition of what the distributed run must compute.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +19,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crossq_gpu import learner
 from crossq_gpu.buffer import Batch
+from crossq_gpu.checkpoint import load_checkpoint
 from crossq_gpu.config import build_config
 from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
+from tests.small_run import SMALL, comparable, rows
 
 WORLD = 2
 HYPER = dict(momentum=0.1, eps=1e-3, r_max=1.5, d_max=0.5)
@@ -111,11 +118,11 @@ def test_synced_brn_equals_one_process_on_the_concatenated_batch(tmp_path, compi
 OBS, ACT, N_ACTIONS, B = 5, 2, 3, 16  # B rows per rank
 
 
-def make_update(discrete: bool, ranks: Ranks, batch_size: int) -> Update:
+def make_update(discrete: bool, ranks: Ranks, batch_size: int, compiled: bool = False) -> Update:
     cfg, _ = build_config("cpu", False, overrides=[
         "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.net.batch_renorm=true",
         f"agent.memory.batch_size={batch_size}", "agent.critic_net.batch_renorm.warmup_steps=2",
-        "agent.algorithm.policy_delay=1", "run.compile=false"])
+        "agent.algorithm.policy_delay=1", f"run.compile={str(compiled).lower()}"])
     torch.manual_seed(0)  # the same initial weights in every process
     agent = build_agent(cfg, OBS, None if discrete else ACT, N_ACTIONS if discrete else None)
     sync_batch_renorm(agent, ranks)
@@ -146,17 +153,18 @@ def train(update: Update, batches: list[Batch]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in {**update.agent.state_dict(), **moments}.items()}
 
 
-def update_rank(ranks: Ranks, discrete: bool, steps: int) -> dict[str, torch.Tensor]:
-    update = make_update(discrete, ranks, B)
+def update_rank(ranks: Ranks, discrete: bool, steps: int, compiled: bool = False) -> dict[str, torch.Tensor]:
+    update = make_update(discrete, ranks, B, compiled)
     torch.manual_seed(100 + ranks.rank)  # each rank draws its own policy noise, as in the learner
     rows = slice(ranks.rank * B, (ranks.rank + 1) * B)
     mine = [Batch(*(None if t is None else t[rows] for t in batch)) for batch in global_batches(discrete, steps)]
     return train(update, mine)
 
 
-def test_discrete_update_equals_one_process_on_the_concatenated_batch(tmp_path):
-    """Discrete CrossQ draws no noise, so 2 ranks × B must equal 1 process × 2B exactly."""
-    per_rank = spawn(update_rank, tmp_path, True, 4)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_discrete_update_equals_one_process_on_the_concatenated_batch(tmp_path, compiled):
+    """Discrete CrossQ draws no noise, so 2 ranks × B must equal 1 eager process × 2B."""
+    per_rank = spawn(update_rank, tmp_path, True, 4, compiled)
     want = train(make_update(True, Ranks(), WORLD * B), global_batches(True, 4))
     moved = {k for k, v in want.items() if v.is_floating_point() and not torch.equal(v, per_rank[0][k])}
     assert moved, "the comparison must cover parameters that moved"
@@ -172,3 +180,78 @@ def test_continuous_ranks_keep_identical_parameters(tmp_path):
     assert any(not torch.equal(per_rank[0][k], v) for k, v in start.items() if v.is_floating_point())
     for name, value in per_rank[0].items():
         assert torch.equal(per_rank[1][name], value), name
+
+
+# --- the learner under torchrun ----------------------------------------------------------
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = WORLD, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", "-m", "crossq_gpu.learner", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_ranks_write_one_run_and_resume_exactly(tmp_path):
+    """Rank 0 alone writes; N steps + resume to 2N with the same K == one 2N run."""
+    common = [*SMALL, "--save-buffer", "--checkpoint-every", "100000"]
+    full = torchrun(*common, "--total-steps", "800", "--out", "full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert full.stdout.count("done: 800 env steps") == 1
+    assert torchrun(*common, "--total-steps", "400", "--out", "part", cwd=tmp_path).returncode == 0
+    resumed = torchrun("--resume", "part", "--total-steps", "800", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    assert a["world_size"] == 2 and len(a["ranks"]) == 2
+    assert not torch.equal(a["ranks"][0]["obs"], a["ranks"][1]["obs"])  # each rank its own envs
+    for name, value in a["agent"].items():
+        assert torch.equal(value, b["agent"][name]), name
+    train = [r for r in rows(tmp_path / "full") if r["kind"] == "train"]
+    assert [r["env_steps"] for r in train] == list(range(100, 900, 100))  # all ranks' envs counted
+    assert [comparable(r) for r in rows(tmp_path / "full")] == [comparable(r) for r in rows(tmp_path / "part")]
+    assert len(list((tmp_path / "full").glob("events.out.tfevents.*"))) == 1
+
+
+def test_resume_with_another_process_count_is_refused(tmp_path, capsys):
+    assert torchrun(*SMALL, "--total-steps", "200", "--out", "run", cwd=tmp_path).returncode == 0
+    assert learner.main(["--resume", str(tmp_path / "run")]) == learner.EXIT_USAGE
+    assert "written by 2 process(es) and this run has 1" in capsys.readouterr().err
+
+
+def test_a_signal_to_one_rank_stops_all_with_a_checkpoint(tmp_path):
+    """SIGTERM reaches rank 1 only: the ranks agree, stop after the same step, rank 0 saves."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
+                             "-m", "crossq_gpu.learner", *SMALL, "--total-steps", "10000000", "--out", "run"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert "stopped at env step" in err, err[-2000:]
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["counters"]["env_steps"] > 0 and len(ckpt["ranks"]) == WORLD
+
+
+def rank_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (Linux /proc)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    for pid in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+@pytest.mark.learning
+@pytest.mark.timeout(600)
+def test_two_ranks_learn_pendulum(tmp_path):
+    """2 ranks × 1 env, 2 updates per vector step each: one update per env step on a 2×256 batch."""
+    result = torchrun("--preset", "cpu", "--device", "cpu", "--seed", "0", "--out", "run", "--eval-every", "1000",
+                      "--eval-episodes", "5", "--no-compile", "--env", "gym:Pendulum-v1", "--total-steps", "6000",
+                      "--set", "agent.algorithm.training_start_step=1000", "--set", "agent.algorithm.training_iter=2",
+                      cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evals = [r["return_mean"] for r in rows(tmp_path / "run") if r["kind"] == "eval"]
+    assert max(evals) >= -250, evals

@@ -1,6 +1,5 @@
 """The learner end to end on Gymnasium: exact resume, bad input, NaN handling, outputs."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,7 @@ import yaml
 
 from crossq_gpu import learner, losses
 from crossq_gpu.checkpoint import load_checkpoint
-from tests.small_run import SMALL
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("wall_s", "sps", "ups")}
+from tests.small_run import SMALL, comparable, rows
 
 
 def test_outputs_and_metrics_rows(tmp_path):
