@@ -41,6 +41,7 @@ import torch
 from benchmarks.common import print_table, save_png, write_json
 from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.config import build_config
+from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
 
@@ -52,19 +53,22 @@ COLUMNS = ["width", "batch", "impl", "mode", "ups", "transitions_per_s", "x_sb3"
 Run = Callable[[int], None]  # run(k): k gradient steps, finished (synchronised) on return
 
 
-def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, actor_brn: bool = False) -> Run:
+def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, actor_brn: bool = False,
+         ranks: Ranks = Ranks()) -> Run:
+    """Our update on a pre-filled buffer; with `ranks`, one data-parallel rank of it."""
     cfg, _ = build_config("paper", device.type == "cuda", overrides=[
         f"agent.algorithm.name={algo}", f"agent.critic_net.hidden=[{width}, {width}]", f"agent.net.hidden={ACTOR}",
         f"agent.net.batch_renorm={str(actor_brn).lower()}", f"agent.memory.batch_size={batch}",
         f"agent.algorithm.policy_delay={POLICY_DELAY}", f"run.compile={str(mode != 'eager').lower()}",
         f"run.cuda_graphs={str(mode == 'graphed').lower()}"])
     agent = build_agent(cfg, OBS, ACT, None).to(device)
+    sync_batch_renorm(agent, ranks)
     buffer = ReplayBuffer(OBS, (ACT,), BUFFER, 1000, device)
     for _ in range(BUFFER // 1000):
         buffer.add(torch.randn(1000, OBS, device=device), torch.rand(1000, ACT, device=device) * 2 - 1,
                    torch.randn(1000, device=device), torch.randn(1000, OBS, device=device),
                    (torch.rand(1000, device=device) < 0.01).float())
-    update = Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), device)
+    update = Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), device, ranks)
 
     def run(k: int) -> None:
         for _ in range(k):
