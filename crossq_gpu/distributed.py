@@ -36,6 +36,10 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+class RankSetupError(ValueError):
+    """A problem of one rank (not of the shared command line), so that rank reports it itself."""
+
+
 def pin_local_gpu() -> None:
     """Show this rank only its own GPU (the LOCAL_RANK-th), to torch and to JAX alike.
 
@@ -51,7 +55,7 @@ def pin_local_gpu() -> None:
         return
     ids = [v for v in visible.split(",") if v.strip()]
     if local_rank >= len(ids):
-        raise ValueError(f"rank {local_rank} of this node has no GPU: CUDA_VISIBLE_DEVICES={visible!r} lists "
+        raise RankSetupError(f"rank {local_rank} of this node has no GPU: CUDA_VISIBLE_DEVICES={visible!r} lists "
                          f"{len(ids)}; run at most one process per GPU (--nproc-per-node {len(ids)})")
     os.environ["CUDA_VISIBLE_DEVICES"] = ids[local_rank]
 

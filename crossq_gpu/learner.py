@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         return _fail(exc, EXIT_NONFINITE, main_rank)
     except (ConfigError, CheckpointError, ValueError) as exc:
-        return _fail(exc, EXIT_USAGE, main_rank)
+        return _fail(exc, EXIT_USAGE, main_rank or isinstance(exc, distributed.RankSetupError))
     finally:
         distributed.stop(ranks)
     if main_rank:

@@ -23,7 +23,7 @@ from crossq_gpu import learner
 from crossq_gpu.buffer import Batch
 from crossq_gpu.checkpoint import load_checkpoint
 from crossq_gpu.config import build_config
-from crossq_gpu.distributed import Ranks, sync_batch_renorm
+from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_batch_renorm
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
@@ -219,6 +219,12 @@ def test_resume_with_another_process_count_is_refused(tmp_path, capsys):
     assert "written by 2 process(es) and this run has 1" in capsys.readouterr().err
 
 
+def test_bad_input_under_torchrun_is_one_line(tmp_path):
+    result = torchrun(*SMALL, "--env", "gym:NoSuchEnv-v0", "--out", "run", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("error: unknown environment") == 1, result.stderr[-2000:]
+
+
 def test_a_signal_to_one_rank_stops_all_with_a_checkpoint(tmp_path):
     """SIGTERM reaches rank 1 only: the ranks agree, stop after the same step, rank 0 saves."""
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
@@ -257,3 +263,19 @@ def test_two_ranks_learn_pendulum(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     evals = [r["return_mean"] for r in rows(tmp_path / "run") if r["kind"] == "eval"]
     assert max(evals) >= -250, evals
+
+
+@pytest.mark.parametrize("visible, local_rank, want", [(None, 1, "1"), ("4,5,6", 1, "5"), ("4", 1, None)])
+def test_each_rank_sees_only_its_own_gpu(monkeypatch, visible, local_rank, want):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    if want is None:
+        with pytest.raises(RankSetupError, match="one process per GPU"):
+            pin_local_gpu()
+    else:
+        pin_local_gpu()
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == want
