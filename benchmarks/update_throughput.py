@@ -14,7 +14,9 @@ Modes: `eager`, `compiled` (torch.compile of the losses, fullgraph) and, on CUDA
 `--compare-batch`, sb3-contrib's CrossQ (PyTorch) and SBX's CrossQ (JAX) run the same
 config when installed (`pip install -e '.[compare]'`): their `train(gradient_steps=K)` on a
 pre-filled buffer. Both put BatchRenorm in the actor as well, so `CrossQ+aBRN` (ours with
-`net.batch_renorm: true`) runs beside them for a like-for-like ratio.
+`net.batch_renorm: true`) runs beside them for a like-for-like ratio, and `CrossQ+bf16`
+(`run.autocast: bf16`: bf16 matmuls, float32 BRN; not like-for-like) shows what a CPU with
+bf16 instructions (AVX512-BF16, AMX) gains.
 
 Every variant of one (width, batch) point lives in one process and runs in interleaved
 blocks (A, B, C, A, B, C, …); the median over rounds is reported, so the ratios hold on a
@@ -54,13 +56,13 @@ Run = Callable[[int], None]  # run(k): k gradient steps, finished (synchronised)
 
 
 def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, actor_brn: bool = False,
-         ranks: Ranks = Ranks()) -> Run:
+         ranks: Ranks = Ranks(), autocast: str = "none") -> Run:
     """Our update on a pre-filled buffer; with `ranks`, one data-parallel rank of it."""
     cfg, _ = build_config("paper", device.type == "cuda", overrides=[
         f"agent.algorithm.name={algo}", f"agent.critic_net.hidden=[{width}, {width}]", f"agent.net.hidden={ACTOR}",
         f"agent.net.batch_renorm={str(actor_brn).lower()}", f"agent.memory.batch_size={batch}",
         f"agent.algorithm.policy_delay={POLICY_DELAY}", f"run.compile={str(mode != 'eager').lower()}",
-        f"run.cuda_graphs={str(mode == 'graphed').lower()}"])
+        f"run.cuda_graphs={str(mode == 'graphed').lower()}", f"run.autocast={autocast}"])
     agent = build_agent(cfg, OBS, ACT, None).to(device)
     sync_batch_renorm(agent, ranks)
     buffer = ReplayBuffer(OBS, (ACT,), BUFFER, 1000, device)
@@ -153,6 +155,7 @@ def sweep_point(width: int, batch: int, args: argparse.Namespace, device: torch.
     if batch == args.compare_batch:
         for mode in args.modes:
             runs[("CrossQ+aBRN", mode)] = ours("CrossQ", mode, width, batch, device, actor_brn=True)
+            runs[("CrossQ+bf16", mode)] = ours("CrossQ", mode, width, batch, device, autocast="bf16")
         for name in args.compare:
             runs[(name, "jit" if name == "sbx" else "eager")] = baseline(name, width, batch, device)
     samples = measure({f"{impl}/{mode}": run for (impl, mode), run in runs.items()}, args.rounds, args.block_s)
