@@ -27,6 +27,7 @@ from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_ba
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
+from tests.fixed_batches import FixedBatches
 from tests.small_run import SMALL, comparable, rows
 
 WORLD = 2
@@ -142,8 +143,7 @@ def global_batches(discrete: bool, steps: int) -> list[Batch]:
 
 
 def train(update: Update, batches: list[Batch]) -> dict[str, torch.Tensor]:
-    feed = iter(batches)
-    update.buffer = type("FixedBatches", (), {"sample": lambda self, _: next(feed)})()
+    update.buffer = FixedBatches(batches)
     for _ in batches:
         update.step()
     # Adam's moments too: Adam's step barely depends on the gradient's scale; its moments do.

@@ -4,7 +4,8 @@ Runs under TRITON_INTERPRET=1 on CPU tensors (tests/conftest.py sets it), where 
 uses 16-row tiles, so N = 33 and N = 1031 already span several row programs, several tiles
 per program and a masked last tile; C = 5 and 256 exercise masked and multiple channel
 blocks. `test_kernels_compile_for_sm90` compiles the real kernels, which the interpreter
-alone would not prove.
+alone would not prove. On a GPU, `TRITON_INTERPRET=0 pytest tests/test_triton_brn.py` runs
+the same tests on CUDA tensors with the compiled kernels.
 """
 
 import os
@@ -17,11 +18,25 @@ import pytest
 import torch
 from torch import Tensor
 
+from crossq_gpu.buffer import Batch
+from crossq_gpu.config import build_config
 from crossq_gpu.kernels import batch_renorm, triton_brn
+from crossq_gpu.networks import build_agent
+from crossq_gpu.update import Update
+from tests.fixed_batches import FixedBatches
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ON_GPU = not INTERPRET and torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not (INTERPRET or ON_GPU), reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 dispatch = sys.modules["crossq_gpu.kernels.batch_renorm"]
+
+
+@pytest.fixture(autouse=True)
+def _kernel_device():
+    """Every tensor a test makes lives where the kernels run: CUDA on a GPU, else the CPU (interpreter)."""
+    with torch.device("cuda" if ON_GPU else "cpu"):
+        yield
 HYPER = dict(momentum=0.1, eps=1e-3, r_max=3.0, d_max=5.0, warmup_steps=1)
 
 
@@ -116,8 +131,35 @@ def test_auto_dispatch_uses_reference_on_cpu(monkeypatch: pytest.MonkeyPatch) ->
         raise AssertionError("Triton path taken for a CPU tensor with impl='auto'")
 
     monkeypatch.setattr(dispatch.triton_brn, "brn_apply", fail)
-    x, rm, rv = clipping_case((8, 5))
-    batch_renorm(x, torch.ones(5), torch.zeros(5), rm, rv, torch.tensor(0), training=True, **HYPER)  # type: ignore[arg-type]
+    with torch.device("cpu"):
+        x, rm, rv = clipping_case((8, 5))
+        batch_renorm(x, torch.ones(5), torch.zeros(5), rm, rv, torch.tensor(0), training=True, **HYPER)  # type: ignore[arg-type]
+
+
+def test_crossq_update_with_triton_equals_reference() -> None:
+    """Four CrossQ steps (two in warmup, two renormalising; actor every step) on fixed batches:
+    the Triton critic and the torch-reference critic end with the same weights and statistics."""
+    device = torch.device("cuda" if ON_GPU else "cpu")
+    gen = torch.Generator(device).manual_seed(1)
+    batches = [Batch(torch.randn(16, 5, generator=gen, device=device), torch.rand(16, 2, generator=gen, device=device),
+                     torch.randn(16, generator=gen, device=device), torch.randn(16, 5, generator=gen, device=device),
+                     torch.zeros(16, device=device), None, torch.arange(16, device=device)) for _ in range(4)]
+    finals = []
+    for impl in ("triton", "torch"):
+        cfg, _ = build_config("cpu", False, overrides=[
+            "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.memory.batch_size=16",
+            "agent.critic_net.batch_renorm.warmup_steps=2", f"agent.critic_net.batch_renorm.impl={impl}",
+            "agent.algorithm.policy_delay=1", "run.compile=false"])
+        torch.manual_seed(0)
+        agent = build_agent(cfg, 5, 2, None).to(device)
+        update = Update(agent, FixedBatches(batches), cfg, -2.0, device)
+        torch.manual_seed(2)  # the same policy noise for both
+        for _ in batches:
+            update.step()
+        finals.append(agent.state_dict())
+    assert int(finals[0]["critic.mlp.norms.0.steps"]) == 4
+    for name, want in finals[1].items():
+        torch.testing.assert_close(finals[0][name], want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 COMPILE_SCRIPT = """
