@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PY     ?= 3.12
 
-.PHONY: venv run test test-all bench wheelhouse clean
+.PHONY: venv run test test-all bench wheelhouse gpu-kit clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,17 @@ wheelhouse:
 	$(PYTHON) -m pip download -d wheelhouse --only-binary=:all: --python-version $(PY) \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -c wheelhouse/constraints.txt -r wheelhouse/requirements.txt
+
+# The few wheels a lent GPU machine's image lacks (it ships torch, triton, jax, flax, optax,
+# numpy, …; see benchmarks/gpu_check.sh), for Python $(PY), about 34 MB: carry gpu_kit/ there.
+GPU_KIT := brax Farama-Notifications Flask flask-cors blinker itsdangerous glfw gymnasium jaxopt \
+           mujoco mujoco-core mujoco-mjx mujoco-studio PyOpenGL tensorboardX trimesh
+gpu-kit:
+	mkdir -p gpu_kit
+	for p in $(GPU_KIT); do grep -i "^$$p==" constraints.txt; done > gpu_kit/requirements.txt
+	$(PYTHON) -m pip download -q -d gpu_kit --no-deps --only-binary=:all: --python-version $(PY) \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -r gpu_kit/requirements.txt
 
 clean:
 	rm -rf $(VENV) *.egg-info
