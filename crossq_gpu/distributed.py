@@ -110,6 +110,7 @@ class Ranks:
         return bool(t.item())
 
     def min(self, value: int) -> int:
+        """The smallest `value` over the ranks (e.g. the first gradient step any rank saw a NaN at)."""
         if self.world == 1:
             return value
         t = torch.tensor([value], dtype=torch.int64)
