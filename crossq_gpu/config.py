@@ -146,7 +146,7 @@ class RunConfig:
     cuda_graphs: bool = True
     """Capture the update and the acting step as CUDA graphs (CUDA only)."""
     autocast: Literal["none", "bf16"] = "none"
-    """bf16 autocast for Linear layers; BRN always runs in float32."""
+    """bf16 autocast for the Linear layers' matmuls; BRN and the Q head (a dot product) run in float32."""
     save_buffer: bool = False
     """Store the replay buffer in checkpoints (large)."""
 

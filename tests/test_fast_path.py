@@ -125,14 +125,17 @@ def test_captured_replay_has_no_host_sync() -> None:
 
 def test_bf16_autocast_keeps_batch_renorm_float32() -> None:
     update = make(extra=("run.autocast=bf16",))
-    dtypes: dict[str, set[torch.dtype]] = {"linear": set(), "brn": set()}
-    for module in update.agent.critic.modules():
-        kind = "linear" if isinstance(module, StackedLinear) else "brn" if isinstance(module, BatchRenorm1d) else None
+    dtypes: dict[str, set[torch.dtype]] = {"linear": set(), "brn": set(), "q_head": set()}
+    critic = update.agent.critic
+    for module in critic.modules():
+        kind = ("q_head" if module is critic.mlp.head else "linear" if isinstance(module, StackedLinear)
+                else "brn" if isinstance(module, BatchRenorm1d) else None)
         if kind:
             module.register_forward_hook(lambda m, args, out, kind=kind: dtypes[kind].add(out.dtype))
     for _ in range(6):  # crosses BRN warmup and includes two actor steps
         metrics = update.step()
-    assert dtypes == {"linear": {torch.bfloat16}, "brn": {torch.float32}}
+    # The Q head is a dot product (no matmul), so it stays in the float32 of the BRN before it.
+    assert dtypes == {"linear": {torch.bfloat16}, "brn": {torch.float32}, "q_head": {torch.float32}}
     for name, buf in update.agent.critic.named_buffers():
         if "running" in name:
             assert buf.dtype == torch.float32 and torch.isfinite(buf).all(), name

@@ -119,8 +119,8 @@ def batch_renorm(
                 x, weight, bias, running_mean, running_var, steps, momentum=momentum, relu=relu, **hyper
             )
         if not training:
-            rstd = torch.rsqrt(read_stats(running_var) + eps)
-            return triton_brn.brn_apply(x, read_stats(running_mean), rstd, weight, bias, relu, False)
+            centre, running_var = read_stats(running_mean, running_var)
+            return triton_brn.brn_apply(x, centre, torch.rsqrt(running_var + eps), weight, bias, relu, False)
         mean, var = triton_brn.brn_batch_stats(x.detach(), relu == "input")
         r, d = renorm_factors(mean, var, running_mean, running_var, steps, **hyper)
         update_running_stats(

@@ -21,14 +21,16 @@ Relu = Literal["none", "input", "output"]
 
 
 @torch.library.custom_op("crossq_gpu::stats_snapshot", mutates_args=())
-def _stats_snapshot(t: Tensor) -> Tensor:
-    return t.clone()
+def _stats_snapshot(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.clone() for t in tensors]
 
 
-_stats_snapshot.register_fake(torch.empty_like)
+@_stats_snapshot.register_fake
+def _(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.empty_like(t) for t in tensors]
 
 
-def read_stats(t: Tensor) -> Tensor:
+def read_stats(*tensors: Tensor) -> tuple[Tensor, ...]:
     """A read of running_mean/running_var/steps that torch.compile saves instead of recomputing.
 
     torch 2.13's AOT partitioner may recompute, in the backward, values derived from an
@@ -36,9 +38,9 @@ def read_stats(t: Tensor) -> Tensor:
     PR #197039). A train-mode BRN call (r, d from the old stats) or an eval-mode call after
     one in the same compiled graph then gets silently wrong gradients. An opaque custom op
     is never recomputed, so under compile every differentiable read goes through a copy;
-    eager reads the buffer directly.
+    eager reads the buffers directly. One op call per layer: each costs ~20 us on a CPU.
     """
-    return _stats_snapshot(t) if torch.compiler.is_compiling() else t
+    return tuple(_stats_snapshot(list(tensors))) if torch.compiler.is_compiling() else tensors
 
 
 @torch.no_grad()
@@ -58,7 +60,7 @@ def renorm_factors(
 
     r = 1, d = 0 while steps < warmup_steps, which makes BRN plain batch norm.
     """
-    running_mean, running_var, steps = map(read_stats, (running_mean, running_var, steps))
+    running_mean, running_var, steps = read_stats(running_mean, running_var, steps)
     running_std = torch.sqrt(running_var + eps)
     r = (torch.sqrt(var + eps) / running_std).clamp(1.0 / r_max, r_max)
     d = ((mean - running_mean) / running_std).clamp(-d_max, d_max)
@@ -114,7 +116,7 @@ def batch_renorm_reference(
             var = (centered * centered).mean(dim=-2)
             n = h.shape[-2]
         else:
-            mean, var, n = global_moments(h, read_stats(running_mean).detach(), group)
+            mean, var, n = global_moments(h, read_stats(running_mean)[0].detach(), group)
         r, d = renorm_factors(
             mean.detach(), var.detach(), running_mean, running_var, steps,
             eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps,
@@ -128,7 +130,8 @@ def batch_renorm_reference(
         scale = weight * r * torch.rsqrt(var + eps)
         shift = bias + weight * d - mean * scale
     else:
-        scale = weight * torch.rsqrt(read_stats(running_var) + eps)
-        shift = bias - read_stats(running_mean) * scale
+        running_mean, running_var = read_stats(running_mean, running_var)
+        scale = weight * torch.rsqrt(running_var + eps)
+        shift = bias - running_mean * scale
     y = torch.addcmul(shift.unsqueeze(-2), h, scale.unsqueeze(-2))
     return torch.relu(y) if relu == "output" else y
