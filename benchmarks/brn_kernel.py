@@ -2,11 +2,16 @@
 
     python -m benchmarks.brn_kernel                      # full sweep on the default device
     python -m benchmarks.brn_kernel --n 512 2048 8192 --c 256 512 --device cpu --threads 1
+    python -m benchmarks.brn_kernel --n 32768 131072 8192 512 --impls triton triton_compiled compiled
 
 One training-mode step as a critic layer runs it — forward (batch statistics, running-stat
 update, normalise, fused ReLU) and backward for x, γ and β — timed per implementation:
-`triton` (CUDA only), `eager` (the torch reference) and `compiled` (the reference under
-torch.compile(fullgraph=True)). GB/s divides the Triton kernels' own traffic,
+`triton` (CUDA only; the kernels plus the small [C]-sized torch ops around them, launched
+eagerly), `triton_compiled` (the same under torch.compile(fullgraph=True), which fuses
+those small ops as the learner's compiled update does), `eager` (the torch reference) and
+`compiled` (the reference under torch.compile(fullgraph=True): Inductor's own fused
+BN + ReLU, the bar; `x_inductor` is its time over each row's) and `torch_fast` (the
+hand-written-backward torch path that CPUs run by default). GB/s divides the Triton kernels' own traffic,
 8·E·N·C·4 bytes (forward reads x twice and writes y; backward reads x and dy twice and
 writes dx), by each implementation's time, so all rows share one scale and, on a GPU with a
 known peak, `pct_peak` says how close the kernel gets to DRAM bandwidth.
@@ -22,8 +27,10 @@ from torch import Tensor
 from benchmarks.common import bench_ms, environment, print_table, save_png, write_json
 from crossq_gpu.kernels import batch_renorm
 
-IMPLS = ("triton", "eager", "compiled")
-COLUMNS = ["c", "n", "impl", "ms", "gbps", "pct_peak", "speedup_vs_eager"]
+# name: (batch_renorm impl, under torch.compile)
+IMPLS = {"triton": ("triton", False), "triton_compiled": ("triton", True), "eager": ("torch", False),
+         "compiled": ("torch", True), "torch_fast": ("torch_fast", False)}
+COLUMNS = ["c", "n", "impl", "ms", "gbps", "pct_peak", "x_eager", "x_inductor"]
 
 
 def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device) -> Callable[[], None]:
@@ -41,10 +48,10 @@ def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device
         return batch_renorm(
             x, weight, bias, *stats, training=True, momentum=0.01, eps=1e-3, r_max=3.0,
             d_max=5.0, warmup_steps=0, relu=relu,  # type: ignore[arg-type]
-            impl="triton" if impl == "triton" else "torch",
+            impl=IMPLS[impl][0],
         )
 
-    if impl == "compiled":
+    if IMPLS[impl][1]:
         torch._dynamo.reset()  # one compile per shape, without hitting the recompile limit
         forward = torch.compile(forward, fullgraph=True, dynamic=False)
 
@@ -60,7 +67,7 @@ def plot(rows: list[dict], peak: float | None, title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, len(cs), figsize=(4 * len(cs), 3.5), sharey=True, squeeze=False)
     for ax, c in zip(axes[0], cs):
         for impl in IMPLS:
-            pts = [(r["n"], r["gbps"]) for r in rows if r["c"] == c and r["impl"] == impl and r["gbps"]]
+            pts = sorted((r["n"], r["gbps"]) for r in rows if r["c"] == c and r["impl"] == impl and r["gbps"])
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=impl)
         if peak:
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ensemble", type=int, default=1, help="E > 1 benchmarks an [E, N, C] ensemble")
     p.add_argument("--relu", choices=["none", "input", "output"], default="input",
                    help="fused ReLU side (default: the paper's Linear → ReLU → BRN)")
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--impls", nargs="+", choices=list(IMPLS), default=list(IMPLS))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (1 gives stable numbers on a shared machine)")
@@ -89,41 +96,43 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    impls = [i for i in args.impls if i != "triton" or device.type == "cuda"]
+    impls = [i for i in args.impls if IMPLS[i][0] != "triton" or device.type == "cuda"]
     if len(impls) < len(args.impls):
         print("Triton needs CUDA: timing the torch paths only.")
     env = environment(device)
     peak = env["peak_gbps"]
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  peak {peak} GB/s")
 
+    meta = {"sweep": {"n": args.n, "c": args.c, "e": args.ensemble, "relu": args.relu, "impls": impls},
+            "traffic_bytes": "8*E*N*C*4 (Triton fwd: 2 reads + 1 write; bwd: 4 reads + 1 write)"}
     rows = []
-    for c in args.c:
-        for n in args.n:
+    for n in args.n:  # sizes in the order given, so a time limit can put the ones that matter first
+        for c in args.c:
             times: dict[str, float | None] = {}
             for impl in impls:
                 try:
                     times[impl] = bench_ms(make_step(impl, n, c, args.ensemble, args.relu, device), device)
-                except torch.OutOfMemoryError:
-                    print(f"out of memory: {impl} N={n} C={c}")
+                except Exception as err:  # one failing implementation (OOM, compile) must not lose the sweep
+                    print(f"{impl} N={n} C={c} failed: {type(err).__name__}: {str(err)[:200]}")
                     times[impl] = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             traffic = 8 * args.ensemble * n * c * 4
             for impl, ms in times.items():
                 gbps = traffic / ms / 1e6 if ms else None
-                eager = times.get("eager")
+                eager, inductor = times.get("eager"), times.get("compiled")
                 rows.append({
                     "n": n, "c": c, "e": args.ensemble, "relu": args.relu, "impl": impl, "ms": ms,
                     "gbps": gbps, "pct_peak": 100 * gbps / peak if gbps and peak else None,
-                    "speedup_vs_eager": eager / ms if eager and ms else None,
+                    "x_eager": eager / ms if eager and ms else None,
+                    "x_inductor": inductor / ms if inductor and ms else None,
                 })
             print_table(rows[-len(times):], COLUMNS)
+            write_json("brn_kernel", device, rows, complete=False, **meta)  # a time limit keeps what ran
 
     print()
     print_table(rows, COLUMNS)
-    sweep = {"n": args.n, "c": args.c, "e": args.ensemble, "relu": args.relu, "impls": impls}
-    json_path = write_json("brn_kernel", device, rows, sweep=sweep,
-                           traffic_bytes="8*E*N*C*4 (Triton fwd: 2 reads + 1 write; bwd: 4 reads + 1 write)")
+    json_path = write_json("brn_kernel", device, rows, complete=True, **meta)
     png_path = save_png(plot(rows, peak, f"BRN forward+backward, {env['device']}"), "brn_kernel", device)
     print(f"wrote {json_path} and {png_path}")
 
