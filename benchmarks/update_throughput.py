@@ -221,14 +221,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare is None:
         args.compare = [name for name in ("sb3-contrib", "sbx") if installed(name)]
 
-    rows = []
-    for width in args.widths:
-        for batch in args.batch_sizes:
-            if args.max_cost is None or batch * width <= args.max_cost:
-                rows += sweep_point(width, batch, args, device)
-                print_table([r for r in rows if (r["width"], r["batch"]) == (width, batch)], COLUMNS)
-    print("\nupdates/s (median of interleaved rounds); x_sb3, x_sbx: ours / the baseline at the same point")
-    print_table(rows, COLUMNS)
     versions = {name: __import__(module).__version__ for name, module in (("sb3-contrib", "sb3_contrib"), ("sbx", "sbx"))
                 if name in args.compare}
     if "sbx" in args.compare:
@@ -238,7 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"obs_dim": OBS, "act_dim": ACT, "actor": ACTOR, "policy_delay": POLICY_DELAY, "buffer": BUFFER,
             "threads": args.threads, "rounds": args.rounds, "block_s": args.block_s, "modes": args.modes,
             "compare": versions}
-    path = write_json("update_throughput", device, rows, **meta)
+    rows = []
+    for width in args.widths:
+        for batch in args.batch_sizes:
+            if args.max_cost is None or batch * width <= args.max_cost:
+                rows += sweep_point(width, batch, args, device)
+                print_table([r for r in rows if (r["width"], r["batch"]) == (width, batch)], COLUMNS)
+                write_json("update_throughput", device, rows, complete=False, **meta)  # a time limit keeps what ran
+    print("\nupdates/s (median of interleaved rounds); x_sb3, x_sbx: ours / the baseline at the same point")
+    print_table(rows, COLUMNS)
+    path = write_json("update_throughput", device, rows, complete=True, **meta)
     fig = plot(rows, f"update throughput — {device.type}, torch {torch.__version__}, {args.threads} threads")
     print(f"wrote {path} and {save_png(fig, 'update_throughput', device)}")
 
