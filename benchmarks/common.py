@@ -126,10 +126,13 @@ def result_path(name: str, device: torch.device, suffix: str) -> Path:
 
 
 def write_json(name: str, device: torch.device, rows: list[dict[str, Any]], **meta: Any) -> Path:
-    """Write {"benchmark", "environment", **meta, "rows"} and return the path."""
+    """Write {"benchmark", "environment", **meta, "rows"} atomically (a killed run leaves the last
+    complete file) and return the path."""
     path = result_path(name, device, ".json")
     doc = {"benchmark": name, "environment": environment(device), **meta, "rows": rows}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 

@@ -3,7 +3,7 @@
 # step has its own time limit (a slow one cannot eat the rest) and steps can be picked:
 #
 #   make gpu-kit                                    # here, with internet: wheels the GPU image lacks
-#   bash benchmarks/gpu_check.sh                    # there (carry gpu_kit/): all steps, ≤ 10.6 min
+#   bash benchmarks/gpu_check.sh                    # there (carry gpu_kit/): all steps, ≤ 10.9 min
 #   bash benchmarks/gpu_check.sh tests brn          # a subset of: tests brn update learner env
 #
 # The image brings torch, triton, jax (CUDA) and most libraries; gpu_kit/ adds brax, mujoco,
@@ -53,6 +53,8 @@ if wants learner; then
 fi
 # Issue 5/7: Brax on the GPU, generalized vs mjx.
 wants env && step 45 $PY -m benchmarks.env_throughput --device cuda --num-envs 256 1024 4096 --min-time 1.0
+# Where issues 6 and 7 stand, from what this run measured.
+step 20 $PY -m benchmarks.targets --memory-csv "$OUT/gpu_memory.csv"
 tar czf "$OUT/gpu_check.tgz" "$LOG" benchmarks/results/*_nvidia_* "$OUT/gpu_memory.csv" \
     runs/gpu_check_ant/metrics.jsonl 2>/dev/null
 echo "wrote $OUT/gpu_check.tgz"

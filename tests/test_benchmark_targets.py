@@ -1,0 +1,45 @@
+"""benchmarks.targets reads the results the way the issues state their targets."""
+
+import json
+from pathlib import Path
+
+from benchmarks.targets import all_checks
+
+
+def _brn_row(n: int, c: int, impl: str, ms: float, x_inductor: float, pct_peak: float) -> dict:
+    return {"n": n, "c": c, "impl": impl, "ms": ms, "x_inductor": x_inductor, "pct_peak": pct_peak}
+
+
+def test_targets_from_gpu_and_cpu_results(tmp_path: Path) -> None:
+    gpu = {"environment": {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"}, "rows": [
+        _brn_row(8192, 256, "triton", 0.01, 0.5, 10.0),  # below N = 32,768: not a target
+        _brn_row(32768, 256, "triton", 0.20, 1.0, 50.0),
+        _brn_row(32768, 256, "triton_compiled", 0.12, 1.7, 80.0),  # the faster Triton row counts
+        _brn_row(32768, 256, "compiled", 0.20, 1.0, 48.0),
+        _brn_row(131072, 256, "triton", 0.50, 1.2, 72.0),
+    ]}
+    (tmp_path / "brn_kernel_nvidia_h100_80gb_hbm3.json").write_text(json.dumps(gpu))
+    cpu = {"environment": {"device": "AMD EPYC", "device_type": "cpu"}, "rows": [
+        {"width": 256, "batch": 256, "impl": "CrossQ", "mode": "compiled", "x_sb3": 2.3, "x_sbx": 0.7},
+        {"width": 256, "batch": 256, "impl": "CrossQ", "mode": "eager", "x_sb3": 1.7, "x_sbx": 0.5},
+    ]}
+    (tmp_path / "update_throughput_cpu.json").write_text(json.dumps(cpu))
+    memory = tmp_path / "gpu_memory.csv"
+    memory.write_text("timestamp, memory.used [MiB]\n2026/11/25 10:00:00.000, 900 MiB\n"
+                      "2026/11/25 10:00:02.000, 20480 MiB\n2026/11/25 10:00:04.000, 30")  # last line cut
+
+    status = {(c.target, c.device): (c.measured, c.status) for c in all_checks(tmp_path, memory)}
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    assert status[("Triton fwd+bwd ÷ Inductor, N=32768 C=256", h100)] == (1.7, "met")
+    assert status[("Triton % of peak bandwidth, N=32768 C=256", h100)] == (80.0, "met")
+    assert status[("Triton fwd+bwd ÷ Inductor, N=131072 C=256", h100)] == (1.2, "missed")
+    assert status[("Triton % of peak bandwidth, N=131072 C=256", h100)] == (72.0, "met")
+    assert not any("N=8192" in target for target, _ in status)
+    assert status[("CPU updates/s ÷ sb3-contrib CrossQ (256×2, batch 256)", "AMD EPYC")] == (2.3, "met")
+    assert status[("CPU updates/s ÷ SBX CrossQ (aim)", "AMD EPYC")] == (0.7, "missed")
+    assert status[("ant-4096 GiB free on a 24 GiB card (24 − peak used)", "GPU")] == (4.0, "met")
+
+
+def test_targets_without_results_are_not_measured(tmp_path: Path) -> None:
+    assert {c.status for c in all_checks(tmp_path, tmp_path / "absent.csv")} == {"not measured"}
