@@ -2,9 +2,9 @@
 
 `batch_renorm` picks the implementation (Triton on CUDA, torch ops with a hand-written
 backward elsewhere, the composed torch reference on request), casts to float32 with
-autocast off (BRN in bf16/fp16 is a known NaN source), and validates shapes. All share
-`renorm_factors` / `update_running_stats`, so warmup, clipping and the running-statistics
-update are one piece of code.
+autocast off (BRN in bf16/fp16 is a known NaN source), and validates shapes. The torch
+paths share `renorm_factors` / `update_running_stats`; the Triton path does the same math in
+one per-channel kernel (`triton_brn.brn_train_stats`), held to them by tests/test_triton_brn.py.
 """
 
 import os
@@ -16,13 +16,7 @@ from torch.distributed import ProcessGroup
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from crossq_gpu.kernels.reference import (
-    Relu,
-    batch_renorm_reference,
-    read_stats,
-    renorm_factors,
-    update_running_stats,
-)
+from crossq_gpu.kernels.reference import Relu, batch_renorm_reference, read_stats
 from crossq_gpu.kernels.torch_brn import batch_renorm_train
 
 try:
@@ -121,12 +115,9 @@ def batch_renorm(
         if not training:
             centre, running_var = read_stats(running_mean, running_var)
             return triton_brn.brn_apply(x, centre, torch.rsqrt(running_var + eps), weight, bias, relu, False)
-        mean, var = triton_brn.brn_batch_stats(x.detach(), relu == "input")
-        r, d = renorm_factors(mean, var, running_mean, running_var, steps, **hyper)
-        update_running_stats(
-            mean, var, x.shape[-2], running_mean, running_var, steps, momentum=momentum
+        mean, rstd, r, d = triton_brn.brn_train_stats(
+            x.detach(), running_mean, running_var, steps, relu == "input", momentum, **hyper
         )
-        rstd = torch.rsqrt(var + eps)
         return triton_brn.brn_apply(x, mean, rstd, weight * r, weight * d + bias, relu, True)
 
 

@@ -3,7 +3,7 @@
 Forward and backward are each one reduction over N and one elementwise pass, with
 h = relu(x) when the ReLU sits on the input side:
 
-    forward   mean, var  = batch statistics of h            (`brn_batch_stats`)
+    forward   mean, rstd, r, d; running stats updated         (`brn_train_stats`)
               y = act(scale · (h − mean) · rstd + shift)     (`brn_apply`)
     backward  g = dy · [y > 0] (output ReLU),  x̂ = (h − mean) · rstd
               Σg, Σg·x̂ per channel → dshift, dscale
@@ -16,16 +16,23 @@ SPEC §2 requires. In training mode mean/rstd are the batch's, passed in detache
 eval mode is the same op with the running statistics and `batch=False`.
 
 Reductions over N are split across programs (rows_per_program rows each, in BLOCK_N tiles)
-into [R, E, C] partials that torch combines: per-program mean and M2 with Chan's parallel
-formula (numerically safe, unlike Σx² − (Σx)²), per-program Σg and Σg·x̂. No atomics, so
+into [R, E, C] partials: per-program mean and M2 merged with Chan's parallel formula
+(numerically safe, unlike Σx² − (Σx)²), per-program Σg and Σg·x̂. In the forward one
+per-channel kernel combines the partials and does all the [C]-sized work — r, d, 1/σ_B and
+the running-statistics update — so a training call launches 3 kernels plus `steps += 1` and
+the two products that form scale and shift, not ~35 (it matters eagerly and in a CUDA graph
+without torch.compile; under compile Inductor would fuse that glue anyway). No atomics, so
 results are deterministic. The ReLU is never materialised: it is recomputed from x.
 
 torch.compile: the ops are `torch.library.triton_op`s that launch through `wrap_triton`,
 with autograd registered by `register_autograd`, the route torch documents for tracing
-user Triton kernels without graph breaks (Inductor then sees the kernels). That route is
-not tested here — there was no GPU, and under TRITON_INTERPRET Dynamo cannot trace the
-kernels (the interpreter reads data pointers of fake tensors). Tested: the eager path
-under the interpreter against the reference, and lowering of every kernel to sm_90 cubin.
+user Triton kernels without graph breaks (Inductor then sees the kernels). Tested without a
+GPU: the eager path under the interpreter against the reference; lowering of every kernel
+to sm_90 cubin; and the compile route up to the launch — fullgraph tracing of forward and
+backward, with torch's mutation analysis finding that each kernel writes only its outputs
+and the running statistics (under TRITON_INTERPRET Dynamo cannot trace the kernels, so
+that test builds them normally and gives Triton a target but no GPU). Running compiled
+kernels needs a GPU: `benchmarks/gpu_check.sh`.
 """
 
 import functools
@@ -83,6 +90,65 @@ def _stats_kernel(
     out = (pid_r * E + pid_e) * C + cols
     tl.store(mean_ptr + out, mean, mask=col_mask)
     tl.store(m2_ptr + out, m2, mask=col_mask)
+
+
+@triton.jit
+def _finalize_stats_kernel(
+    part_mean_ptr,  # [R, E, C] f32 per-program means (_stats_kernel)
+    part_m2_ptr,  # [R, E, C] f32 per-program Σ (h − mean)²
+    running_mean_ptr,  # [E, C] f32, updated in place
+    running_var_ptr,  # [E, C] f32, updated in place
+    steps_ptr,  # i64 scalar: BRN steps taken so far (the warmup switch)
+    mean_ptr,  # [E, C] f32 out: batch mean
+    rstd_ptr,  # [E, C] f32 out: 1/sqrt(batch var + eps)
+    r_ptr,  # [E, C] f32 out: renorm factor r
+    d_ptr,  # [E, C] f32 out: renorm factor d
+    N,
+    C,
+    E,
+    R,
+    rows_per_program,
+    momentum,
+    eps,
+    r_max,
+    d_max,
+    warmup_steps,
+    BLOCK_C: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    chan = pid_e * C + cols
+    n = N.to(tl.float32)
+    # Combine the partials in two passes: the mean of the means, then Σ M2_r + n_r (mean_r − mean)².
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r in range(0, R):
+        n_r = tl.minimum(rows_per_program, N - r * rows_per_program).to(tl.float32)
+        mean += n_r * tl.load(part_mean_ptr + (r * E + pid_e) * C + cols, mask=col_mask, other=0.0)
+    mean = mean / n
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r in range(0, R):
+        n_r = tl.minimum(rows_per_program, N - r * rows_per_program).to(tl.float32)
+        part = (r * E + pid_e) * C + cols
+        delta = tl.load(part_mean_ptr + part, mask=col_mask, other=0.0) - mean
+        m2 += tl.load(part_m2_ptr + part, mask=col_mask, other=0.0) + n_r * delta * delta
+    var = m2 / n
+    # r and d from the running statistics as they were before this batch (SPEC §2).
+    running_mean = tl.load(running_mean_ptr + chan, mask=col_mask, other=0.0)
+    running_var = tl.load(running_var_ptr + chan, mask=col_mask, other=1.0)
+    running_std = tl.sqrt(running_var + eps)
+    r_factor = tl.minimum(tl.maximum(tl.sqrt(var + eps) / running_std, 1.0 / r_max), r_max)
+    d_factor = tl.minimum(tl.maximum((mean - running_mean) / running_std, -d_max), d_max)
+    warm = tl.load(steps_ptr) < warmup_steps
+    tl.store(mean_ptr + chan, mean, mask=col_mask)
+    tl.store(rstd_ptr + chan, 1.0 / tl.sqrt(var + eps), mask=col_mask)
+    tl.store(r_ptr + chan, tl.where(warm, 1.0, r_factor), mask=col_mask)
+    tl.store(d_ptr + chan, tl.where(warm, 0.0, d_factor), mask=col_mask)
+    # torch.nn.BatchNorm's convention: unbiased variance, momentum on the new value.
+    tl.store(running_mean_ptr + chan, running_mean + momentum * (mean - running_mean), mask=col_mask)
+    unbiased = var * (n / (n - 1.0))
+    tl.store(running_var_ptr + chan, running_var + momentum * (unbiased - running_var), mask=col_mask)
 
 
 @triton.jit
@@ -181,8 +247,8 @@ def _grad_input_kernel(
     rstd_ptr,  # [E, C] f32
     scale_ptr,  # [E, C] f32
     shift_ptr,  # [E, C] f32
-    mean_g_ptr,  # [E, C] f32 Σg / N
-    mean_gx_ptr,  # [E, C] f32 Σg·x̂ / N
+    sum_g_ptr,  # [E, C] f32 Σg
+    sum_gx_ptr,  # [E, C] f32 Σg·x̂
     N,
     C,
     RELU: tl.constexpr,
@@ -212,8 +278,8 @@ def _grad_input_kernel(
     if RELU == 2:
         g = tl.where(xhat * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
     if BATCH:
-        mean_g = tl.load(mean_g_ptr + chan, mask=col_mask, other=0.0)
-        mean_gx = tl.load(mean_gx_ptr + chan, mask=col_mask, other=0.0)
+        mean_g = tl.load(sum_g_ptr + chan, mask=col_mask, other=0.0) / N
+        mean_gx = tl.load(sum_gx_ptr + chan, mask=col_mask, other=0.0) / N
         g = g - mean_g[None, :] - xhat * mean_gx[None, :]
     dx = g * (scale * rstd)[None, :]
     if RELU == 1:
@@ -254,9 +320,24 @@ def _dims(x: Tensor) -> tuple[int, int, int]:
     return (1, *x.shape) if x.dim() == 2 else tuple(x.shape)  # type: ignore[return-value]
 
 
-@triton_op("crossq_gpu::brn_batch_stats", mutates_args=())
-def brn_batch_stats(x: Tensor, relu_input: bool) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance over dim -2 of h (= relu(x) if relu_input); not differentiable."""
+@triton_op("crossq_gpu::brn_train_stats", mutates_args=("running_mean", "running_var", "steps"))
+def brn_train_stats(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    relu_input: bool,
+    momentum: float,
+    eps: float,
+    r_max: float,
+    d_max: float,
+    warmup_steps: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mean, 1/σ_B, r, d) of h (= relu(x) if relu_input) over dim -2, and the running-statistics
+    update: two launches (the split reduction, then one per-channel kernel) and `steps += 1`,
+    where the composed ops take ~30 small kernels. Not differentiable."""
+    if not (running_mean.is_contiguous() and running_var.is_contiguous()):
+        raise ValueError("running_mean and running_var must be contiguous (they are updated in place)")
     x = x.contiguous()
     e, n, c = _dims(x)
     block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
@@ -267,11 +348,13 @@ def brn_batch_stats(x: Tensor, relu_input: bool) -> tuple[Tensor, Tensor]:
         x, part_mean, part_m2, n, c, e, rows_per_program,
         RELU_INPUT=relu_input, BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    counts = (n - rows_per_program * torch.arange(r, device=x.device)).clamp(max=rows_per_program)
-    counts = counts.to(torch.float32).view(r, *[1] * (x.dim() - 1))
-    mean = (part_mean * counts).sum(0) / n
-    m2 = (part_m2 + counts * (part_mean - mean).square()).sum(0)
-    return mean, m2 / n
+    mean, rstd, r_factor, d_factor = (torch.empty_like(running_mean) for _ in range(4))
+    wrap_triton(_finalize_stats_kernel)[(triton.cdiv(c, block_c), e)](
+        part_mean, part_m2, running_mean, running_var, steps, mean, rstd, r_factor, d_factor,
+        n, c, e, r, rows_per_program, momentum, eps, r_max, d_max, warmup_steps, BLOCK_C=block_c,
+    )
+    steps.add_(1)
+    return mean, rstd, r_factor, d_factor
 
 
 @triton_op("crossq_gpu::brn_apply", mutates_args=())
@@ -301,28 +384,28 @@ def brn_apply_backward(
     relu: str,
     batch: bool,
     need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dscale, dshift) of `brn_apply`; dx is empty when not needed (saves a full pass)."""
+) -> tuple[Tensor, Tensor]:
+    """(dx, [dshift; dscale]) of `brn_apply`, dx empty when not needed (saves a full pass).
+    dshift and dscale share one [2, .., C] tensor: a custom op's outputs may not alias."""
     x, dy = x.contiguous(), dy.contiguous()
     e, n, c = _dims(x)
     block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
     r = triton.cdiv(n, rows_per_program)
     mean, rstd, scale, shift = (t.contiguous() for t in (mean, rstd, scale, shift))
-    part_g = x.new_empty((r, *mean.shape))
-    part_gx = torch.empty_like(part_g)
+    parts = x.new_empty((2, r, *mean.shape))  # [Σg; Σg·x̂] per program: one buffer, one sum
     wrap_triton(_grad_sums_kernel)[(r, triton.cdiv(c, block_c), e)](
-        x, dy, mean, rstd, scale, shift, part_g, part_gx, n, c, e, rows_per_program,
+        x, dy, mean, rstd, scale, shift, parts[0], parts[1], n, c, e, rows_per_program,
         RELU=RELU_CODES[relu], BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    sum_g, sum_gx = part_g.sum(0), part_gx.sum(0)
+    sums = parts.sum(1)
     if not need_dx:
-        return x.new_empty(0), sum_gx, sum_g
+        return x.new_empty(0), sums
     dx = torch.empty_like(x)
     wrap_triton(_grad_input_kernel)[(triton.cdiv(n, block_n), triton.cdiv(c, block_c), e)](
-        x, dy, dx, mean, rstd, scale, shift, sum_g / n, sum_gx / n, n, c,
+        x, dy, dx, mean, rstd, scale, shift, sums[0], sums[1], n, c,
         RELU=RELU_CODES[relu], BATCH=batch, BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    return dx, sum_gx, sum_g
+    return dx, sums
 
 
 # --------------------------------------------------------------------------- autograd
@@ -337,9 +420,8 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 def _backward(ctx, dy: Tensor):  # type: ignore[no-untyped-def]
     x, mean, rstd, scale, shift = ctx.saved_tensors
     need_dx = ctx.needs_input_grad[0]
-    dx, dscale, dshift = brn_apply_backward(
-        dy, x, mean, rstd, scale, shift, ctx.relu, ctx.batch, need_dx
-    )
+    dx, sums = brn_apply_backward(dy, x, mean, rstd, scale, shift, ctx.relu, ctx.batch, need_dx)
+    dshift, dscale = sums.unbind(0)
     return (dx if need_dx else None), None, None, dscale, dshift, None, None
 
 
