@@ -19,9 +19,10 @@ Reductions over N are split across programs (rows_per_program rows each, in BLOC
 into [R, E, C] partials: per-program mean and M2 merged with Chan's parallel formula
 (numerically safe, unlike Σx² − (Σx)²), per-program Σg and Σg·x̂. In the forward one
 per-channel kernel combines the partials and does all the [C]-sized work — r, d, 1/σ_B and
-the running-statistics update — so a training call launches 3 kernels plus `steps += 1` and
-the two products that form scale and shift, not ~35 (it matters eagerly and in a CUDA graph
-without torch.compile; under compile Inductor would fuse that glue anyway). No atomics, so
+the running-statistics update — so a training forward launches 3 kernels plus `steps += 1`
+and the three small ops that form scale and shift, 7 in all instead of ~38, and the backward
+6 instead of 9 (it matters eagerly and in a CUDA graph without torch.compile; under compile
+Inductor would fuse that glue anyway). No atomics, so
 results are deterministic. The ReLU is never materialised: it is recomputed from x.
 
 torch.compile: the ops are `torch.library.triton_op`s that launch through `wrap_triton`,
