@@ -8,11 +8,11 @@ One training-mode step as a critic layer runs it — forward (batch statistics, 
 update, normalise, fused ReLU) and backward for x, γ and β — timed per implementation:
 `triton` (CUDA only; the kernels plus the small [C]-sized torch ops around them, launched
 eagerly), `triton_compiled` (the same under torch.compile(fullgraph=True), which fuses
-those small ops as the learner's compiled update does), `eager` (the torch reference) and
+those small ops as the learner's compiled update does), `eager` (the torch reference),
 `compiled` (the reference under torch.compile(fullgraph=True): Inductor's own fused
 BN + ReLU, the bar; `x_inductor` is its time over each row's) and `torch_fast` (the
-hand-written-backward torch path that CPUs run by default). GB/s divides the Triton kernels' own traffic,
-8·E·N·C·4 bytes (forward reads x twice and writes y; backward reads x and dy twice and
+hand-written-backward torch path that CPUs run by default). GB/s divides the Triton
+kernels' own traffic, 8·E·N·C·4 bytes (forward reads x twice and writes y; backward reads x and dy twice and
 writes dx), by each implementation's time, so all rows share one scale and, on a GPU with a
 known peak, `pct_peak` says how close the kernel gets to DRAM bandwidth.
 """
