@@ -171,49 +171,86 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _many_envs(env: str, critic_width: int, max_size: int, total_steps: int = 50_000_000) -> dict[str, Any]:
-    """A `--num-envs 4096` preset for one consumer GPU (24 GB). Chosen by reasoning, not yet
-    by a GPU benchmark; docs/presets.md has the arithmetic and what to confirm.
+# The many-env regime: what `--preset auto` sets from num_envs (when > 1) and the device, for
+# any env. As num_envs grows it holds constant:
+# - the replay ratio, batch × training_iter / (num_envs × training_frequency): each
+#   transition is sampled about `replay_ratio` times while it is in the buffer;
+# - the run's gradient steps (total_steps follows from them, unless given);
+# - the BRN warmup as a share of those gradient steps (it must end well inside the run);
+# - the initial temperature α₀ (α updates come once per several hundred transitions here, so
+#   α₀ = 1 would take most of the run to come down);
+# - the eval / log / checkpoint intervals, counted in vector steps.
+# The batch grows with num_envs up to a cap per device (on a GPU a step at 16k rows costs a
+# few times one at 256; on a CPU the cost grows with the rows), and the updates per vector
+# step follow from the replay ratio. One env keeps the base preset (one update per step).
+# Measured with benchmarks/parallel_envs.py; docs/regime.md has the results.
+MANY_ENVS: dict[str, Any] = {
+    "replay_ratio": 32,
+    "batch_per_env": 16,
+    "batch_min": 256,
+    "batch_max": {"cpu": 2048, "cuda": 16_384},
+    "grad_steps": {"cpu": 10_000, "cuda": 100_000},
+    "brn_warmup_share": 0.1,
+    "alpha_init": 0.1,
+    "start_batches": 4,  # uniform random actions until the buffer holds this many batches
+    "every_vector_steps": {"log_every": 25, "eval_every": 250, "checkpoint_every": 1250},
+    # GPU sizes: the paper's 2048-wide critics cost 4x at 16k rows for no measured gain;
+    # buffers sized for a 24 GB card (docs/regime.md), humanoid's 2 kB transitions need less.
+    "cuda_critic_hidden": [1024, 1024],
+    "cuda_max_size": {"default": 10_000_000, "humanoid": 4_000_000},
+}
 
-    4 updates of 16,384 per vector step of 4,096 transitions (each transition sampled ~16
-    times); α starts at 0.1 because log α moves ~lr per α update and one update now comes
-    per 1,024 transitions, not per one; critics narrower than the paper's 2048 so those 4
-    updates cost about as much as the env step; run intervals in env steps scaled to 4,096.
+
+def many_envs(num_envs: int, cuda: bool, env: str, total_steps: int | None = None) -> dict[str, Any]:
+    """The overrides of the many-env regime for `num_envs` on this device (see MANY_ENVS).
+
+    `total_steps`, when the user gave it, fixes the run's length; the BRN warmup follows it.
     """
-    return {
-        "env": {"name": env, "num_envs": 4096},
+    if num_envs <= 1:
+        return {}
+    rule, device = MANY_ENVS, "cuda" if cuda else "cpu"
+    batch = min(max(rule["batch_min"], rule["batch_per_env"] * num_envs), rule["batch_max"][device])
+    per_vector_step = rule["replay_ratio"] * num_envs / batch
+    iters, every = (round(per_vector_step), 1) if per_vector_step >= 1 else (1, round(1 / per_vector_step))
+    start = max(5000, rule["start_batches"] * batch)
+    if total_steps is None:
+        total_steps = start + rule["grad_steps"][device] * every // iters * num_envs
+    grad_steps = max(total_steps - start, 0) // num_envs // every * iters
+    out: dict[str, Any] = {
         "agent": {
-            "algorithm": {"training_iter": 4, "alpha_init": 0.1, "training_start_step": 65_536},
-            "memory": {"batch_size": 16_384, "max_size": max_size},
-            "critic_net": {"hidden": [critic_width, critic_width]},
+            "algorithm": {"training_iter": iters, "training_frequency": every,
+                          "alpha_init": rule["alpha_init"], "training_start_step": start},
+            "memory": {"batch_size": batch},
+            "critic_net": {"batch_renorm": {"warmup_steps": int(rule["brn_warmup_share"] * grad_steps)}},
         },
-        "run": {"total_steps": total_steps, "eval_every": 1_000_000, "log_every": 100_000,
-                "checkpoint_every": 5_000_000},
+        "run": {"total_steps": total_steps,
+                **{field: n * num_envs for field, n in rule["every_vector_steps"].items()}},
     }
+    if cuda:
+        sizes = rule["cuda_max_size"]
+        out["agent"]["critic_net"]["hidden"] = list(rule["cuda_critic_hidden"])
+        out["agent"]["memory"]["max_size"] = sizes.get(env, sizes["default"])
+    return out
 
 
-# Buffer bytes = max_size · (2·obs + act + 2) · 4 (ReplayBuffer.nbytes), Brax obs/act dims:
-#   env          obs  act  bytes/transition  max_size   buffer
-#   ant           27    8               256    10 M     2.4 GiB
-#   halfcheetah   17    6               168    10 M     1.6 GiB
-#   hopper        11    3               108    10 M     1.0 GiB
-#   walker2d      17    6               168    10 M     1.6 GiB
-#   humanoid     244   17              2028     4 M     7.6 GiB
-# Critic activations at batch 16,384 (32,768 rows, 2 critics, width 1024): ~8 live
-# [2, 32768, 1024] float32 tensors = 2.0 GiB per step, ×3 for two captured graphs and the
-# eager warm-up ≈ 6 GiB; networks + Adam < 0.1 GiB; Brax state and XLA ≈ 2–4 GiB.
-# Humanoid, the largest: 7.6 + 6 + 4 ≈ 18 GiB of 24.
-PRESETS.update({
-    "ant-4096": _many_envs("ant", 1024, 10_000_000),
-    "halfcheetah-4096": _many_envs("halfcheetah", 512, 10_000_000),
-    "hopper-4096": _many_envs("hopper", 512, 10_000_000),
-    "walker2d-4096": _many_envs("walker2d", 512, 10_000_000),
-    "humanoid-4096": _many_envs("humanoid", 1024, 4_000_000, total_steps=100_000_000),
-})
+def describe_regime(cfg: Config) -> str:
+    """The settings that depend on num_envs, as the resolved config has them (one line)."""
+    alg, n = cfg.agent.algorithm, cfg.env.num_envs
+    batch = cfg.agent.memory.batch_size
+    ratio = batch * alg.training_iter / (n * alg.training_frequency)
+    updates = (f"{alg.training_iter} update(s) per vector step" if alg.training_frequency == 1
+               else f"1 update per {alg.training_frequency} vector steps")
+    vector = max(cfg.run.total_steps - alg.training_start_step, 0) // n
+    grads = vector // alg.training_frequency * alg.training_iter
+    every = ", ".join(f"{name} {getattr(cfg.run, name + '_every') / n:g}"
+                      for name in ("eval", "log", "checkpoint"))
+    return (f"regime: {n} envs, batch {batch}, {updates}, replay ratio {ratio:g}, "
+            f"~{grads} gradient steps, BRN warmup {cfg.agent.critic_net.batch_renorm.warmup_steps} "
+            f"gradient steps, α0 {alg.alpha_init:g}; every N vector steps: {every}")
 
 
 def resolve_preset(name: str, cuda_available: bool) -> str:
-    """`auto` is `paper` on CUDA and `cpu` elsewhere (SPEC §1)."""
+    """`auto` is `paper` on CUDA and `cpu` elsewhere, plus the many-env regime (build_config)."""
     if name == "auto":
         return "paper" if cuda_available else "cpu"
     if name not in PRESETS:
@@ -380,13 +417,23 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 
 def build_config(preset: str, cuda_available: bool, config_file: str | None = None,
                  overrides: list[str] = (), flags: dict[str, Any] | None = None) -> tuple[Config, str]:
-    """Preset < --config file < flags (dotted path → value) < --set. Returns the config and the preset."""
+    """Preset (+ the many-env regime under `auto`) < --config file < flags (dotted path → value)
+    < --set. Returns the config and the preset's name."""
     chosen = resolve_preset(preset, cuda_available)
-    tree = merge(to_dict(Config()), PRESETS[chosen])
-    if config_file is not None:
-        tree = merge(tree, load_yaml(config_file))
+    explicit: dict[str, Any] = load_yaml(config_file) if config_file is not None else {}
     for path, value in (flags or {}).items():
-        tree = set_path(tree, path, value)
+        explicit = set_path(explicit, path, value)
     for assignment in overrides:
-        tree = set_dotted(tree, assignment)
-    return from_dict(tree), chosen
+        explicit = set_dotted(explicit, assignment)
+    tree = merge(to_dict(Config()), PRESETS[chosen])
+    if preset == "auto":
+        given = merge(tree, explicit)
+        run = explicit.get("run", {}) if isinstance(explicit.get("run"), dict) else {}
+        cuda = cuda_available and given["run"]["device"] != "cpu"
+        tree = merge(tree, many_envs(_int(given["env"]["num_envs"], "env.num_envs"), cuda,
+                                     str(given["env"]["name"]), run.get("total_steps")))
+    return from_dict(merge(tree, explicit)), chosen
+
+
+def _int(value: Any, path: str) -> int:
+    return _coerce(int, value, path)

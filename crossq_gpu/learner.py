@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--preset", default="auto",
-                   help=f"auto (paper on CUDA, cpu otherwise) or one of: {', '.join(config_mod.PRESETS)}")
+                   help="auto (paper on CUDA, cpu otherwise, with the many-env regime for --num-envs "
+                        f"above 1: docs/regime.md) or one of: {', '.join(config_mod.PRESETS)}")
     p.add_argument("--config", metavar="FILE", help="YAML config merged over the preset")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override any field, value parsed as YAML (repeatable), "
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             scale = f"{ranks.world} ranks x {cfg.env.num_envs}" if ranks.world > 1 else f"{cfg.env.num_envs}"
             print(f"crossq_gpu: preset {preset}, {cfg.agent.algorithm.name} on {cfg.env.name} "
                   f"({scale} envs), device {device}, out {out_dir}", flush=True)
+            print(f"crossq_gpu: {config_mod.describe_regime(cfg)}", flush=True)
             if preset == "cpu":
                 print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
                       f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)

@@ -8,7 +8,7 @@ from crossq_gpu.config import (Config, ConfigError, PRESETS, build_config, from_
 
 
 def test_paper_preset_matches_the_paper_defaults():
-    cfg, name = build_config("auto", cuda_available=True)
+    cfg, name = build_config("paper", cuda_available=True)
     assert name == "paper"
     alg, critic = cfg.agent.algorithm, cfg.agent.critic_net
     assert (alg.gamma, alg.policy_delay, alg.training_start_step, alg.alpha_init) == (0.99, 3, 5000, 1.0)
