@@ -76,6 +76,29 @@ def test_final_obs_matches_stepping_without_autoreset(env: JaxVecEnv) -> None:
     assert saw_term and saw_trunc
 
 
+def test_finished_episodes_restart_from_fresh_reset_states(env: JaxVecEnv) -> None:
+    """Restarts come from the pool of reset states, the pool is renewed, and starts vary."""
+    pool_size, refresh = brax_adapter.reset_pool_sizes(N)
+    env.reset(seed=11)
+    raw_reset = jax.jit(jax.vmap(env.env.reset))
+    starts, renewed = [], 0
+    for action in _actions(3 * LIMIT, seed=4):
+        before = env._carry.pool
+        pool_obs = torch.tensor(np.asarray(before.obs))
+        obs, _, terminated, truncated, _ = env.step(action)
+        ended = terminated | truncated
+        for row in obs[ended]:  # every restart is one of the pool's reset states
+            assert (pool_obs == row).all(dim=1).any()
+            starts.append(row)
+        renewed += int((np.asarray(env._carry.pool.obs) != np.asarray(before.obs)).any(axis=1).sum())
+    assert len(starts) >= N and len({tuple(s.tolist()) for s in starts}) > N // 2
+    assert renewed == pytest.approx(3 * LIMIT * refresh, rel=0.2) and pool_size == N
+    # Renewed entries are genuine resets: their obs lie where reset() puts them.
+    fresh = np.asarray(raw_reset(jax.random.split(jax.random.PRNGKey(0), 64)).obs)
+    pool = np.asarray(env._carry.pool.obs)
+    assert np.abs(pool).max() <= np.abs(fresh).max() * 1.5 + 1e-6
+
+
 def test_time_limit_is_truncation_and_counter_restarts(env: JaxVecEnv) -> None:
     env.reset(seed=2)
     count = torch.zeros(N, dtype=torch.int64)

@@ -3,6 +3,8 @@
 Our own jitted, vmapped reset/step around the raw env: an episode-step counter for the time
 limit (truncation, kept apart from the env's own `done` = termination) and an auto-reset that
 returns the true final observation, both with jnp.where so the step is one XLA program.
+Finished episodes restart from a pool of reset states that is renewed a little every step,
+as Brax's AutoResetWrapper restarts from stored states, rather than resetting every env.
 Tensors cross between JAX and torch through DLPack without a copy.
 
 Stream order on CUDA, without a host sync: the DLPack handshake orders the streams both ways.
@@ -102,11 +104,19 @@ def jax_device_for(device: torch.device) -> jax.Device:
 
 
 class Carry(NamedTuple):
-    """Everything the batched env carries between steps (all leaves [N, ...] but the key)."""
+    """Everything the batched env carries between steps (leaves [N, ...] but pool, slot and key)."""
 
     state: Any  # the raw env's State, batched
     steps: jax.Array  # [N] int32, steps into the current episode
-    key: jax.Array  # PRNG key for the next auto-resets
+    pool: Any  # [P] fresh reset States that finished episodes restart from
+    slot: jax.Array  # int32, the next pool entry to refresh
+    key: jax.Array  # PRNG key for pool draws and refreshes
+
+
+def reset_pool_sizes(num_envs: int) -> tuple[int, int]:
+    """(pool size, pool entries refreshed per step): a pool as large as the batch, renewed
+    over 64 steps, so the start states stay as varied as fresh resets at 1/64 of their cost."""
+    return num_envs, -(-num_envs // 64)
 
 
 class JaxVecEnv:
@@ -197,10 +207,13 @@ def _batched_reset(env: Any, num_envs: int) -> Any:
     jax = jax_module()
     jnp = jax.numpy
 
+    pool_size, _ = reset_pool_sizes(num_envs)
+
     def reset(key: jax.Array) -> tuple[Carry, jax.Array]:
-        key, sub = jax.random.split(key)
+        key, sub, sub_pool = jax.random.split(key, 3)
         state = _strong(jax.vmap(env.reset)(jax.random.split(sub, num_envs)))
-        return Carry(state, jnp.zeros(num_envs, jnp.int32), key), state.obs
+        pool = _strong(jax.vmap(env.reset)(jax.random.split(sub_pool, pool_size)))
+        return Carry(state, jnp.zeros(num_envs, jnp.int32), pool, jnp.zeros((), jnp.int32), key), state.obs
 
     return reset
 
@@ -211,21 +224,31 @@ def _batched_step(env: Any, num_envs: int, episode_length: int, ctrl_range: np.n
     low = jnp.asarray(ctrl_range[:, 0], jnp.float32)
     span = jnp.asarray(ctrl_range[:, 1] - ctrl_range[:, 0], jnp.float32)
 
+    pool_size, refresh = reset_pool_sizes(num_envs)
+
     def step(carry: Carry, action: jax.Array) -> tuple[Carry, tuple[jax.Array, ...]]:
         state = _strong(jax.vmap(env.step)(carry.state, low + (action + 1.0) * 0.5 * span))
         steps = carry.steps + 1
         terminated = state.done > 0.5
         truncated = (steps >= episode_length) & ~terminated
         done = terminated | truncated
-        key, sub = jax.random.split(carry.key)
-        fresh = _strong(jax.vmap(env.reset)(jax.random.split(sub, num_envs)))
+        # Finished episodes restart from a random pool entry, not from a reset of every env:
+        # a reset costs about a physics step, and few envs finish on any one step.
+        key, draw, renew = jax.random.split(carry.key, 3)
+        picked = jax.random.randint(draw, (num_envs,), 0, pool_size)
+        fresh = jax.tree.map(lambda p: p[picked], carry.pool)
 
         def pick(new: jax.Array, old: jax.Array) -> jax.Array:
             return jnp.where(done.reshape((num_envs,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
 
         nxt = jax.tree.map(pick, fresh, state)
+        # Renew `refresh` pool entries per step, round robin, so no start state is reused for long.
+        slots = (carry.slot + jnp.arange(refresh, dtype=jnp.int32)) % pool_size
+        renewed = _strong(jax.vmap(env.reset)(jax.random.split(renew, refresh)))
+        pool = jax.tree.map(lambda p, n: p.at[slots].set(n.astype(p.dtype)), carry.pool, renewed)
         out = (nxt.obs, state.reward.astype(jnp.float32), terminated, truncated, state.obs)
-        return Carry(nxt, jnp.where(done, 0, steps), key), out
+        slot = (carry.slot + refresh) % pool_size
+        return Carry(nxt, jnp.where(done, 0, steps), pool, slot, key), out
 
     return step
 
