@@ -147,6 +147,10 @@ class RunConfig:
     """Capture the update and the acting step as CUDA graphs (CUDA only)."""
     autocast: Literal["none", "bf16"] = "none"
     """bf16 autocast for the Linear layers' matmuls; BRN and the Q head (a dot product) run in float32."""
+    overlap: bool = False
+    """Dispatch each env step before that step's updates and store its transition after them,
+    so physics and updates run at once (Brax/MJX envs); the updates then miss the newest
+    vector step. Off by default: docs/regime.md has what it measured."""
     save_buffer: bool = False
     """Store the replay buffer in checkpoints (large)."""
 

@@ -29,7 +29,7 @@ from crossq_gpu.capture import GraphedCall
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from crossq_gpu.config import Config, ConfigError
 from crossq_gpu.distributed import Ranks
-from crossq_gpu.envs import VecEnv, make_env
+from crossq_gpu.envs import AsyncVecEnv, VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
 from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
 from crossq_gpu.networks import Agent, build_agent
@@ -209,20 +209,27 @@ class Run:
         last = (time.perf_counter(), c.env_steps, self.update.grad_steps)
         start_wall = time.perf_counter() - c.wall_s
         stop, stopped = [], False
+        overlap = cfg.run.overlap and isinstance(self.env, AsyncVecEnv)
         handlers = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while c.env_steps < cfg.run.total_steps and not stopped:
                 prev = c.env_steps
                 action = self._act()
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                due = (prev + cfg.env.num_envs * ranks.world >= alg.training_start_step
+                       and (c.vector_steps + 1) % alg.training_frequency == 0)
+                if overlap:  # the updates run while JAX steps, on the transitions stored so far
+                    self.env.step_async(action)
+                    self._updates(due)
+                    next_obs, reward, terminated, truncated, info = self.env.step_wait()
+                else:
+                    next_obs, reward, terminated, truncated, info = self.env.step(action)
                 self.buffer.add(self.obs, action, reward, info["final_obs"], terminated)
                 self.returns.update(reward, terminated | truncated)
                 self.obs = next_obs
                 c.env_steps += cfg.env.num_envs * ranks.world
                 c.vector_steps += 1
-                if c.env_steps >= alg.training_start_step and c.vector_steps % alg.training_frequency == 0:
-                    for _ in range(alg.training_iter):
-                        self.window.add(self.update.step(), self.update.grad_steps)
+                if not overlap:
+                    self._updates(due)
                 c.wall_s = time.perf_counter() - start_wall
                 bar.update(c.env_steps - prev)
                 if _crossed(prev, c.env_steps, cfg.run.log_every):
@@ -245,6 +252,11 @@ class Run:
             print(f"\nstopped at env step {c.env_steps}; checkpoint written to {self.checkpoint_path}",
                   file=sys.stderr)
         return not stopped
+
+    def _updates(self, due: bool) -> None:
+        if due:
+            for _ in range(self.cfg.agent.algorithm.training_iter):
+                self.window.add(self.update.step(), self.update.grad_steps)
 
     def _log(self, writer: MetricsWriter | None, bar: Any, last: tuple[float, int, int]) -> tuple[float, int, int]:
         """Every rank reduces its window (a collective); rank 0 writes the row."""
@@ -272,6 +284,8 @@ class Run:
             self.eval_env = make_env(cfg.env.name, cfg.run.eval_episodes, self.device, seed=cfg.run.seed + 1,
                                      backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         c.evals += 1
+        if self.device.type == "cuda":  # JAX may reuse buffers that torch has only queued reads of
+            torch.cuda.current_stream(self.device).synchronize()
         mean, std, episodes = evaluate(self.agent, self.eval_env, seed=cfg.run.seed + 1000 * c.evals)
         writer.write({"kind": "eval", "env_steps": c.env_steps, "wall_s": round(c.wall_s, 3),
                       "return_mean": mean, "return_std": std, "episodes": episodes})

@@ -99,6 +99,22 @@ def test_finished_episodes_restart_from_fresh_reset_states(env: JaxVecEnv) -> No
     assert np.abs(pool).max() <= np.abs(fresh).max() * 1.5 + 1e-6
 
 
+def test_split_step_equals_step(env: JaxVecEnv) -> None:
+    """step_async + step_wait (the overlapped learner loop) gives what step gives."""
+    actions = _actions(LIMIT + 3, seed=6)
+    env.reset(seed=8)
+    whole = [tuple(t.clone() for t in env.step(a)[:4]) for a in actions]
+    env.reset(seed=8)
+    split = []
+    for a in actions:
+        env.step_async(a)
+        a.fill_(0.5)  # the env holds its own copy of the action
+        split.append(tuple(t.clone() for t in env.step_wait()[:4]))
+    assert all(torch.equal(x, y) for w, p in zip(whole, split, strict=True) for x, y in zip(w, p, strict=True))
+    with pytest.raises(RuntimeError, match="without step_async"):
+        env.step_wait()
+
+
 def test_time_limit_is_truncation_and_counter_restarts(env: JaxVecEnv) -> None:
     env.reset(seed=2)
     count = torch.zeros(N, dtype=torch.int64)

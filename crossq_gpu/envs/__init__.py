@@ -4,6 +4,6 @@ All JAX code of the project lives in this package, imported only when a Brax or 
 env is made.
 """
 
-from crossq_gpu.envs.base import UnknownEnvError, VecEnv, known_envs, make_env
+from crossq_gpu.envs.base import AsyncVecEnv, UnknownEnvError, VecEnv, known_envs, make_env
 
-__all__ = ["UnknownEnvError", "VecEnv", "known_envs", "make_env"]
+__all__ = ["AsyncVecEnv", "UnknownEnvError", "VecEnv", "known_envs", "make_env"]

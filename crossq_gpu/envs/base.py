@@ -51,6 +51,17 @@ class VecEnv(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AsyncVecEnv(VecEnv, Protocol):
+    """A VecEnv whose step can be split: step_async(action) dispatches it and returns at once,
+    step_wait() returns what step(action) would. The learner updates in between (run.overlap)."""
+
+    def step_async(self, action: torch.Tensor) -> None: ...
+
+    def step_wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                 torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
 def known_envs() -> list[str]:
     """Every name make_env accepts here (Brax and Playground names only where installed)."""
     from crossq_gpu.envs import gymnasium as gym_mod

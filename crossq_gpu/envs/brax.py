@@ -145,6 +145,8 @@ class JaxVecEnv:
         # Where actions must be for JAX: the CPU when JAX has no GPU (a copy, warned about).
         self._action_device = torch.device("cpu") if self.jax_device.platform == "cpu" else self.device
         self._carry: Carry | None = None
+        self._pending: tuple[jax.Array, ...] | None = None
+        self._action: torch.Tensor | None = None
         self._reset = jax.jit(_batched_reset(env, num_envs))
         self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range))
 
@@ -153,18 +155,35 @@ class JaxVecEnv:
         jax = jax_module()
         key = jax.device_put(jax.random.PRNGKey(self.seed if seed is None else seed), self.jax_device)
         self._carry, obs = self._reset(key)
+        self._pending = self._action = None
         return jax_to_torch(obs, self.device)
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                   torch.Tensor, dict[str, torch.Tensor]]:
+        self.step_async(action)
+        return self.step_wait()
+
+    def step_async(self, action: torch.Tensor) -> None:
+        """Dispatch the step and return before it ran, so torch work queued next overlaps it."""
         if self._carry is None:
             raise RuntimeError("call reset() before step()")
-        # clamp: the [-1, 1] contract, float32 (fixed dtype: no recompile) and a fresh tensor.
-        a = torch.clamp(action.detach().to(self._action_device, torch.float32), -1.0, 1.0)
-        self._carry, (obs, reward, terminated, truncated, final_obs) = self._step(self._carry, torch_to_jax(a))
+        if self._pending is not None:
+            raise RuntimeError("step_async() twice without step_wait()")
+        # clamp: the [-1, 1] contract, float32 (fixed dtype: no recompile) and a fresh tensor,
+        # kept alive until step_wait() so its memory is not reused while JAX may still read it.
+        self._action = torch.clamp(action.detach().to(self._action_device, torch.float32), -1.0, 1.0)
+        self._carry, self._pending = self._step(self._carry, torch_to_jax(self._action))
+
+    def step_wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The dispatched step's results; torch's stream is ordered after it from here on."""
+        if self._pending is None:
+            raise RuntimeError("step_wait() without step_async()")
+        (obs, reward, terminated, truncated, final_obs), self._pending = self._pending, None
         d = self.device
-        return (jax_to_torch(obs, d), jax_to_torch(reward, d), jax_to_torch(terminated, d),
-                jax_to_torch(truncated, d), {"final_obs": jax_to_torch(final_obs, d)})
+        out = (jax_to_torch(obs, d), jax_to_torch(reward, d), jax_to_torch(terminated, d),
+               jax_to_torch(truncated, d), {"final_obs": jax_to_torch(final_obs, d)})
+        self._action = None
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The whole carry (physics states, step counters, key) as CPU tensors: exact resume."""
