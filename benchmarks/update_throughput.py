@@ -207,7 +207,7 @@ def plot(rows: list[dict], title: str) -> plt.Figure:
     return fig
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--widths", type=int, nargs="+", help="critic hidden widths (default: CPU 256 2048; CUDA 256 … 2048)")
@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="interleaved blocks per variant (median reported)")
     p.add_argument("--block-s", type=float, default=0.4, help="target seconds per timed block")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
