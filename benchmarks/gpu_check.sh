@@ -11,10 +11,11 @@
 # Each step runs under `timeout -k 5 LIMIT`: SIGTERM at its limit, SIGKILL 5 s later (the
 # learner catches SIGTERM and may first finish a compile). Its output goes straight into
 # $OUT/gpu_check.log, with no pipe, so a kill keeps every line, and the moment it ends its
-# JSON is copied into $OUT (default benchmarks/results/gpu_check). $OUT ends with at most 8
-# files, side by side, each under 16 MiB:
+# results are copied into $OUT (default benchmarks/results/gpu_check). $OUT ends with at most
+# 8 files, side by side, each under 16 MiB:
 #   gpu_check.log  tests_fast_path.xml  tests_triton_brn.xml  brn_kernel_<gpu>.json
-#   update_throughput_<gpu>.json  learner_check_<gpu>.json  [env_throughput_<gpu>.json]
+#   update_throughput_<gpu>.json  learner_check_<gpu>.json  metrics.jsonl (the learner's rows,
+#   kept even if learner_check is killed before it reports)  [env_throughput_<gpu>.json]
 # The benchmarks rewrite their JSON after every point and run the points that matter first,
 # so a step cut by its limit still returns what it measured. The carried wheels are installed
 # into /tmp/site (no index, no dependencies, no bytecode) and put on PYTHONPATH, so the
@@ -42,15 +43,19 @@ for name in $selected; do
 done
 wants() { [[ " $selected " == *" $1 "* ]]; }
 
-# --- the steps: name, limit (s), JSON it leaves in $RESULTS ("-": none), command -------------
+# --- the steps: name, limit (s), the results it leaves ("-": none), command -----------------
 NAMES=() LIMITS=() RESULT=() CMDS=()
 add() { NAMES+=("$1"); LIMITS+=("$2"); RESULT+=("$3"); CMDS+=("$4"); }
 PYTEST="$PY -m pytest -x --tb=short -v -p no:cacheprovider"
 # A per-test limit (pytest-timeout, in gpu_kit/) turns a hang into a traceback and a junit file.
-per_test() { $PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout $1"; }
+per_test() {  # decided before the install step runs: the kit's wheel counts as installed
+    if compgen -G "gpu_kit/pytest_timeout-*.whl" > /dev/null || $PY -c "import pytest_timeout" 2> /dev/null; then
+        echo "--timeout $1"
+    fi
+}
 [ -d gpu_kit ] && add install 15 - "$PY -m pip install -q --upgrade --target $SITE --no-index --no-deps --no-compile gpu_kit/*.whl"
 NEEDED="brax mujoco gymnasium tensorboard tqdm yaml matplotlib psutil flax optax pytest pytest_timeout"
-add info 20 - "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import importlib.util \
+add info 15 - "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import importlib.util \
 as u, torch, triton, jax; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", \
 triton.__version__, \"jax\", jax.__version__, jax.devices()); print(\"missing:\", [m for m in \"$NEEDED\".split() \
 if u.find_spec(m) is None])'"
@@ -65,18 +70,18 @@ if wants tests; then
 fi
 # Triton vs Inductor vs eager, forward+backward as CUDA-graph replays, the target sizes (N >= 32k)
 # only; one compile per point.
-wants brn && add brn 30 "brn_kernel_*.json" \
+wants brn && add brn 30 "$RESULTS/brn_kernel_*.json" \
     "$PY -m benchmarks.brn_kernel --n 32768 131072 --c 256 1024 --impls triton compiled eager"
 # Updates/s of the learner's CUDA path (compiled, captured, TF32) at the ant-4096 preset's
 # width and batch: one point, one compile.
-wants update && add update 40 "update_throughput_*.json" \
+wants update && add update 40 "$RESULTS/update_throughput_*.json" \
     "$PY -m benchmarks.update_throughput --device cuda --widths 1024 --batch-sizes 16384 --modes graphed \
 --algos CrossQ --compare --rounds 3"
 # The ant-4096 preset end to end under a 24 GiB cap: steady-state sps/ups after the compiles, peak memory.
-wants learner && add learner 60 "learner_check_*.json" \
-    "$PY -m benchmarks.learner_check --seconds 40 -- --preset ant-4096 --eval-every 0 --checkpoint-every 0"
+wants learner && add learner 65 "$RESULTS/learner_check_*.json runs/learner_check-*/metrics.jsonl" \
+    "$PY -m benchmarks.learner_check --seconds 48 -- --preset ant-4096 --eval-every 0 --checkpoint-every 0"
 # Brax on the GPU, generalized vs mjx (on request).
-wants env && add env 45 "env_throughput_*.json" \
+wants env && add env 45 "$RESULTS/env_throughput_*.json" \
     "$PY -m benchmarks.env_throughput --device cuda --num-envs 256 1024 4096 --min-time 1.0"
 # Where the numeric targets stand, from what this run measured.
 add targets 10 - "$PY -m benchmarks.targets"
@@ -104,10 +109,11 @@ export PYTHONPATH=$PWD$([ -d gpu_kit ] && echo ":$SITE")${PYTHONPATH:+:$PYTHONPA
 
 say() { echo "$*"; echo "$*" >> "$LOG"; }
 
-collect() {  # collect PATTERN: copy the step's fresh results into $OUT, if small enough
+collect() {  # collect "GLOB…": copy the files the step wrote into $OUT, if small enough
     [[ $1 == - ]] && return
     local file
-    for file in $(find "$RESULTS" -maxdepth 1 -name "$1" -newer "$STAMP"); do
+    for file in $1; do  # unquoted: expands the globs
+        [[ -f $file && $file -nt $STAMP ]] || continue
         if (($(stat -c %s "$file") < MAX_BYTES)); then cp "$file" "$OUT/"; else say "   $file: over 16 MiB, not copied"; fi
     done
 }

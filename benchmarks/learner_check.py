@@ -78,8 +78,8 @@ def _interrupt(*_: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, required=True, help="wall time before the learner is stopped")
-    p.add_argument("--torch-gib", type=float, default=20.0, help="torch's cap on CUDA (GiB)")
-    p.add_argument("--jax-gib", type=float, default=4.0, help="JAX's cap on CUDA (GiB); the two sum to the card")
+    p.add_argument("--torch-gib", type=float, default=18.0, help="torch's cap on CUDA (GiB)")
+    p.add_argument("--jax-gib", type=float, default=6.0, help="JAX's cap on CUDA (GiB); the two share the 24 GiB card")
     p.add_argument("learner_args", nargs=argparse.REMAINDER, help="-- then the learner's own arguments")
     args = p.parse_args(argv)
     if args.seconds <= 0:

@@ -32,6 +32,7 @@ case $1 in
   update) echo '{"rows": []}' > benchmarks/results/update_throughput_fake_gpu.json
           trap '' TERM; sleep 60 ;;  # ignores SIGTERM: needs the SIGKILL that follows
   learner) echo '{"rows": []}' > benchmarks/results/learner_check_fake_gpu.json
+           mkdir -p runs/learner_check-x; echo '{}' > runs/learner_check-x/metrics.jsonl
            touch learner.started; sleep 60 ;;
   *) echo "$1 ran" ;;
 esac
@@ -115,7 +116,7 @@ def test_steps_are_limited_killed_and_collected(checkout: Path) -> None:
     assert time.monotonic() - start < 30  # `sleep 60` twice was cut: SIGTERM at 2 s, SIGKILL at 2 + 5 s
     # Results written during this run, also by killed steps, and nothing older; a flat, small $OUT.
     files = sorted(p.name for p in out.rglob("*"))
-    assert files == ["brn_kernel_fake_gpu.json", "gpu_check.log", "learner_check_fake_gpu.json",
+    assert files == ["brn_kernel_fake_gpu.json", "gpu_check.log", "learner_check_fake_gpu.json", "metrics.jsonl",
                      "update_throughput_fake_gpu.json"]
     assert "failed: tests_fast_path update learner" in stdout
 
@@ -128,7 +129,8 @@ def test_a_stop_from_outside_keeps_the_running_steps_results(checkout: Path) -> 
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 143
-    assert (checkout / "out" / "learner_check_fake_gpu.json").exists()
+    assert {p.name for p in (checkout / "out").iterdir()} == {"gpu_check.log", "learner_check_fake_gpu.json",
+                                                             "metrics.jsonl"}
     assert "stopped by a signal" in (checkout / "out" / "gpu_check.log").read_text()
 
 
