@@ -194,7 +194,7 @@ def test_discrete_acting_compiles_to_one_graph(fresh_dynamo: None) -> None:
     n = 100_000
     obs = torch.randn(1, OBS).expand(n, -1)
     actions = torch.compile(agent.act, fullgraph=True)(obs, deterministic=False)
-    probs = agent.actor(obs[:1], training=False)[0][0].double()
+    probs = agent.actor(obs[:1], training=False)[0][0].detach().double()
     assert actions.shape == (n,) and actions.dtype == torch.int64
     assert chi_square(counts(actions), n * probs) < CHI2_999_DF4
 
