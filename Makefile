@@ -47,9 +47,12 @@ wheelhouse:
 	  -c wheelhouse/constraints.txt -r wheelhouse/requirements.txt
 
 # The few wheels a lent GPU machine's image lacks (it ships torch, triton, jax, flax, optax,
-# numpy, …; see benchmarks/gpu_check.sh), for Python $(PY), about 34 MB: carry gpu_kit/ there.
+# numpy, …; see benchmarks/gpu_check.sh), for Python $(PY), about 36 MB: carry gpu_kit/ there.
+# pytest and pytest-timeout come too, so the CUDA tests and their per-test limit run whatever
+# the image has.
 GPU_KIT := brax Farama-Notifications Flask flask-cors blinker itsdangerous glfw gymnasium jaxopt \
-           mujoco mujoco-core mujoco-mjx mujoco-studio PyOpenGL tensorboardX trimesh
+           mujoco mujoco-core mujoco-mjx mujoco-studio PyOpenGL tensorboardX trimesh \
+           pytest pytest-timeout pluggy iniconfig Pygments
 gpu-kit:
 	mkdir -p gpu_kit
 	for p in $(GPU_KIT); do grep -i "^$$p==" constraints.txt; done > gpu_kit/requirements.txt

@@ -1,14 +1,15 @@
-"""The issues' numeric targets, read from the benchmark results: met, missed or not measured.
+"""The numeric GPU and CPU targets, read from the benchmark results: met, missed or not measured.
 
-    python -m benchmarks.targets                                  # benchmarks/results/
-    python -m benchmarks.targets --memory-csv $OUT/gpu_memory.csv # + the learner's GPU memory
+    python -m benchmarks.targets                  # benchmarks/results/
+    python -m benchmarks.targets --results DIR    # another folder of results
 
-- Issue 6, on each GPU with `brn_kernel_<gpu>.json`: for every C at N >= 32,768, the faster
-  Triton row (eager or compiled) is >= 1.5x Inductor (`x_inductor`) and >= 70 % of the
-  device's peak DRAM bandwidth.
-- Issue 7, on the CPU (`update_throughput_cpu.json`, 256x2 critic, batch 256): compiled
-  CrossQ >= 2x sb3-contrib's CrossQ, and the aim, faster than SBX's.
-- Issue 7, on a GPU: the ant-4096 run's peak memory (nvidia-smi samples) fits 24 GiB.
+- On each GPU with `brn_kernel_<gpu>.json`: for every C at N >= 32,768, the faster Triton row
+  (eager or compiled) is >= 1.5x Inductor (`x_inductor`) and >= 70 % of the device's peak DRAM
+  bandwidth.
+- On the CPU (`update_throughput_cpu.json`, 256x2 critic, batch 256): compiled CrossQ >= 2x
+  sb3-contrib's CrossQ, and the aim, faster than SBX's.
+- On each GPU with `learner_check_<gpu>.json` (the ant-4096 preset, capped to 24 GiB): torch's
+  peak allocation plus JAX's peak fits 24 GiB.
 
 gpu_check.sh prints this at the end, so a lent GPU's log says at once where the targets stand.
 """
@@ -16,7 +17,6 @@ gpu_check.sh prints this at the end, so a lent GPU's log says at once where the 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +27,12 @@ TRITON_X_INDUCTOR = 1.5
 TRITON_PCT_PEAK = 70.0
 TRITON_MIN_N = 32_768
 CPU_X_SB3 = 2.0
-CONSUMER_GPU_MIB = 24 * 1024
+CONSUMER_GPU_GIB = 24.0
 
 
 @dataclass
 class Check:
-    issue: int
+    benchmark: str
     target: str
     device: str
     measured: float | None
@@ -45,7 +45,7 @@ class Check:
         return "met" if self.measured >= self.required else "missed"
 
     def row(self) -> dict:
-        return {"issue": self.issue, "target": self.target, "device": self.device,
+        return {"benchmark": self.benchmark, "target": self.target, "device": self.device,
                 "measured": self.measured, "required": self.required, "status": self.status}
 
 
@@ -68,12 +68,13 @@ def brn_kernel_checks(results_dir: Path) -> list[Check]:
             triton = [r for r in rows if (r["n"], r["c"]) == (n, c) and r["impl"].startswith("triton") and r["ms"]]
             best = min(triton, key=lambda r: r["ms"]) if triton else {}
             where = f"N={n} C={c}"
-            checks.append(Check(6, f"Triton fwd+bwd ÷ Inductor, {where}", device, best.get("x_inductor"),
-                                TRITON_X_INDUCTOR))
-            checks.append(Check(6, f"Triton % of peak bandwidth, {where}", device, best.get("pct_peak"),
-                                TRITON_PCT_PEAK))
+            checks.append(Check("brn_kernel", f"Triton fwd+bwd ÷ Inductor, {where}", device,
+                                best.get("x_inductor"), TRITON_X_INDUCTOR))
+            checks.append(Check("brn_kernel", f"Triton % of peak bandwidth, {where}", device,
+                                best.get("pct_peak"), TRITON_PCT_PEAK))
     if not checks:
-        checks.append(Check(6, f"Triton vs Inductor at N >= {TRITON_MIN_N}", "GPU", None, TRITON_X_INDUCTOR))
+        checks.append(Check("brn_kernel", f"Triton vs Inductor at N >= {TRITON_MIN_N}", "GPU", None,
+                            TRITON_X_INDUCTOR))
     return checks
 
 
@@ -83,40 +84,35 @@ def cpu_update_checks(results_dir: Path) -> list[Check]:
     row = next((r for r in doc["rows"] if (r["width"], r["batch"], r["impl"], r["mode"]) ==
                 (256, 256, "CrossQ", "compiled")), {})
     device = doc["environment"]["device"]
-    return [Check(7, "CPU updates/s ÷ sb3-contrib CrossQ (256×2, batch 256)", device, row.get("x_sb3"), CPU_X_SB3),
-            Check(7, "CPU updates/s ÷ SBX CrossQ (aim)", device, row.get("x_sbx"), 1.0)]
+    return [Check("update_throughput", "CPU updates/s ÷ sb3-contrib CrossQ (256×2, batch 256)", device,
+                  row.get("x_sb3"), CPU_X_SB3),
+            Check("update_throughput", "CPU updates/s ÷ SBX CrossQ (aim)", device, row.get("x_sbx"), 1.0)]
 
 
-def peak_memory_mib(memory_csv: Path) -> float | None:
-    """Largest `memory.used [MiB]` in an nvidia-smi --format=csv log (several GPUs: per sample row)."""
-    peak = None
-    with memory_csv.open() as f:
-        for record in csv.reader(f):
-            if len(record) < 2 or not record[1].strip().endswith("MiB"):
-                continue  # the header, or a line cut by the sampler being killed
-            used = float(record[1].strip().removesuffix("MiB"))
-            peak = used if peak is None else max(peak, used)
-    return peak
+def memory_checks(results_dir: Path) -> list[Check]:
+    """Headroom left on a 24 GiB card: 24 minus torch's and JAX's peaks, which must be >= 0."""
+    target = "learner GiB left of 24 (24 − torch − JAX peak)"
+    checks = []
+    for device, doc in _results(results_dir, "learner_check"):
+        if doc["environment"]["device_type"] != "cuda":
+            continue
+        memory = doc.get("memory", {})
+        torch_gib = memory.get("torch_max_allocated_gib")
+        left = None if torch_gib is None else CONSUMER_GPU_GIB - torch_gib - (memory.get("jax_peak_gib") or 0.0)
+        checks.append(Check("learner_check", target, device, left, 0.0))
+    return checks or [Check("learner_check", target, "GPU", None, 0.0)]
 
 
-def memory_check(memory_csv: Path | None) -> Check:
-    peak = peak_memory_mib(memory_csv) if memory_csv and memory_csv.exists() else None
-    # Required is the headroom: 24 GiB minus the peak must be >= 0.
-    return Check(7, "ant-4096 GiB free on a 24 GiB card (24 − peak used)", "GPU",
-                 None if peak is None else (CONSUMER_GPU_MIB - peak) / 1024, 0.0)
-
-
-def all_checks(results_dir: Path, memory_csv: Path | None = None) -> list[Check]:
-    return [*brn_kernel_checks(results_dir), *cpu_update_checks(results_dir), memory_check(memory_csv)]
+def all_checks(results_dir: Path) -> list[Check]:
+    return [*brn_kernel_checks(results_dir), *cpu_update_checks(results_dir), *memory_checks(results_dir)]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of benchmark JSON files")
-    p.add_argument("--memory-csv", type=Path, help="nvidia-smi memory log of the ant-4096 run (gpu_check.sh)")
     args = p.parse_args(argv)
-    print_table([c.row() for c in all_checks(args.results, args.memory_csv)],
-                ["issue", "target", "device", "measured", "required", "status"])
+    print_table([c.row() for c in all_checks(args.results)],
+                ["benchmark", "target", "device", "measured", "required", "status"])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python -m benchmarks.update_throughput                        # default sweep for the device
     python -m benchmarks.update_throughput --widths 256 --batch-sizes 256 --rounds 5
     python -m benchmarks.update_throughput --device cuda --widths 256 2048 --batch-sizes 256 32768
+    python -m benchmarks.update_throughput --device cuda --widths 1024 --batch-sizes 16384 --modes graphed \
+        --algos CrossQ --compare                  # one point, one compile: what gpu_check.sh runs
 
 A MuJoCo-sized task (obs 17, act 6), actor 256×2, policy_delay 3 and a replay buffer of
 100,000 random transitions; the critic width (hidden × 2) and batch size are swept. One
@@ -10,13 +12,16 @@ A MuJoCo-sized task (obs 17, act 6), actor 256×2, policy_delay 3 and a replay b
 and α steps), so updates/s counts what the learner runs; transitions/s = updates/s × batch.
 
 Modes: `eager`, `compiled` (torch.compile of the losses, fullgraph) and, on CUDA, `graphed`
-(compiled and captured as a CUDA graph — the learner's CUDA default). At the batch size of
-`--compare-batch`, sb3-contrib's CrossQ (PyTorch) and SBX's CrossQ (JAX) run the same
-config when installed (`pip install -e '.[compare]'`): their `train(gradient_steps=K)` on a
-pre-filled buffer. Both put BatchRenorm in the actor as well, so `CrossQ+aBRN` (ours with
-`net.batch_renorm: true`) runs beside them for a like-for-like ratio, and `CrossQ+bf16`
-(`run.autocast: bf16`: bf16 matmuls, float32 BRN; not like-for-like) shows what a CPU with
-bf16 instructions (AVX512-BF16, AMX) gains.
+(compiled and captured as a CUDA graph — the learner's CUDA default). Matmuls run at the
+learner's precision (TF32 on CUDA). At the batch size of `--compare-batch`, sb3-contrib's
+CrossQ (PyTorch) and SBX's CrossQ (JAX) run the same config when installed
+(`pip install -e '.[compare]'`): their `train(gradient_steps=K)` on a pre-filled buffer.
+Both put BatchRenorm in the actor as well; `--variants actor-brn` adds `CrossQ+aBRN` (ours
+with `net.batch_renorm: true`) at every point for a like-for-like ratio, and `--variants
+bf16` adds `CrossQ+bf16` (`run.autocast: bf16`: bf16 matmuls, float32 BRN; not
+like-for-like), which shows what a CPU with bf16 instructions (AVX512-BF16, AMX) gains.
+Each variant in each mode compiles (and captures) its own update, so the point's cost grows
+with algos × variants × modes.
 
 Every variant of one (width, batch) point lives in one process and runs in interleaved
 blocks (A, B, C, A, B, C, …); the median over rounds is reported, so the ratios hold on a
@@ -45,7 +50,7 @@ from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.config import build_config
 from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update, set_matmul_precision, target_entropy
 
 OBS, ACT = 17, 6  # HalfCheetah-v5 / Walker2d-v5 in Gymnasium
 ACTOR = [256, 256]
@@ -53,6 +58,9 @@ POLICY_DELAY = 3
 BUFFER = 100_000
 COLUMNS = ["width", "batch", "impl", "mode", "ups", "transitions_per_s", "x_sb3", "x_sbx"]
 Run = Callable[[int], None]  # run(k): k gradient steps, finished (synchronised) on return
+# --variants: extra CrossQ rows beside the plain ones, as (impl name, ours() keyword arguments).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "actor-brn": ("CrossQ+aBRN", {"actor_brn": True}), "bf16": ("CrossQ+bf16", {"autocast": "bf16"})}
 
 
 def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, actor_brn: bool = False,
@@ -146,18 +154,25 @@ def measure(runs: dict[str, Run], rounds: int, block_s: float) -> dict[str, list
     return ups
 
 
-def sweep_point(width: int, batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    torch._dynamo.reset()  # each Update compiles its own losses: stay clear of the recompile limit
+def point_runs(width: int, batch: int, args: argparse.Namespace, device: torch.device) -> dict[tuple[str, str], Run]:
+    """Every (impl, mode) timed at one point: each builds (and, unless eager, compiles) its own update."""
     runs: dict[tuple[str, str], Run] = {}
-    for algo in ("CrossQ", "SAC"):
+    for algo in args.algos:
         for mode in args.modes:
             runs[(algo, mode)] = ours(algo, mode, width, batch, device)
-    if batch == args.compare_batch:
+    for variant in args.variants:
+        impl, kwargs = VARIANTS[variant]
         for mode in args.modes:
-            runs[("CrossQ+aBRN", mode)] = ours("CrossQ", mode, width, batch, device, actor_brn=True)
-            runs[("CrossQ+bf16", mode)] = ours("CrossQ", mode, width, batch, device, autocast="bf16")
+            runs[(impl, mode)] = ours("CrossQ", mode, width, batch, device, **kwargs)
+    if batch == args.compare_batch:
         for name in args.compare:
             runs[(name, "jit" if name == "sbx" else "eager")] = baseline(name, width, batch, device)
+    return runs
+
+
+def sweep_point(width: int, batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    torch._dynamo.reset()  # each Update compiles its own losses: stay clear of the recompile limit
+    runs = point_runs(width, batch, args, device)
     samples = measure({f"{impl}/{mode}": run for (impl, mode), run in runs.items()}, args.rounds, args.block_s)
     rows = []
     for (impl, mode), ups in zip(runs, samples.values()):
@@ -192,25 +207,36 @@ def plot(rows: list[dict], title: str) -> plt.Figure:
     return fig
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--widths", type=int, nargs="+", help="critic hidden widths (default: CPU 256 2048; CUDA 256 … 2048)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="default: CPU 256 1024; CUDA 256 … 32768")
     p.add_argument("--max-cost", type=int, default=None,
                    help="skip points with batch × width above this (CPU default 256 × 2048: the paper width at batch 256)")
-    p.add_argument("--modes", nargs="+", help="eager compiled graphed (default: all the device supports)")
+    p.add_argument("--modes", nargs="+", choices=["eager", "compiled", "graphed"],
+                   help="default: all the device supports")
+    p.add_argument("--algos", nargs="+", choices=["CrossQ", "SAC"], default=["CrossQ", "SAC"],
+                   help="our algorithms to time (default: both)")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=[],
+                   help="extra CrossQ rows at every point: actor-brn (BRN in the actor too), bf16 (autocast)")
     p.add_argument("--compare", nargs="*", default=None, choices=["sb3-contrib", "sbx"],
                    help="baselines to run beside ours (default: those installed; --compare alone: none)")
     p.add_argument("--compare-batch", type=int, default=256, help="batch size at which the baselines run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="interleaved blocks per variant (median reported)")
     p.add_argument("--block-s", type=float, default=0.4, help="target seconds per timed block")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     torch.set_num_threads(args.threads)
+    set_matmul_precision(device)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # SBX beside torch on one GPU
     args.widths = args.widths or ([256, 512, 1024, 2048] if cuda else [256, 2048])
     args.batch_sizes = args.batch_sizes or ([256, 1024, 4096, 16384, 32768] if cuda else [256, 1024])
@@ -229,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         versions["jax"] = jax.__version__
     meta = {"obs_dim": OBS, "act_dim": ACT, "actor": ACTOR, "policy_delay": POLICY_DELAY, "buffer": BUFFER,
             "threads": args.threads, "rounds": args.rounds, "block_s": args.block_s, "modes": args.modes,
-            "compare": versions}
+            "matmul_precision": torch.get_float32_matmul_precision(), "compare": versions}
     rows = []
     for width in args.widths:
         for batch in args.batch_sizes:

@@ -33,7 +33,7 @@ from crossq_gpu.envs import AsyncVecEnv, VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
 from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
 from crossq_gpu.networks import Agent, build_agent
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update, set_matmul_precision, target_entropy
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -147,8 +147,7 @@ class Run:
         self.cfg, self.out_dir, self.device, self.ranks = cfg, out_dir, device, ranks
         run, alg = cfg.run, cfg.agent.algorithm
         torch.manual_seed(run.seed)
-        if device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls; BRN statistics stay float32
+        set_matmul_precision(device)
         self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed + ranks.rank,
                                     backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         self.discrete = self.env.num_actions is not None
@@ -191,8 +190,9 @@ class Run:
         if self._policy is None:
             self._policy = GraphedCall(lambda obs: self.agent.act(obs, deterministic=False), state=[],
                                        static_inputs=(torch.zeros_like(self.obs),))
-        # The graph's output is overwritten by the next replay: the env gets its own copy.
-        return self._policy(self.obs).clone()
+        # The graph's output is overwritten by the next replay; no copy here: the env makes its
+        # own (Brax's clamp, Gymnasium's host copy) and the buffer copies it in before then.
+        return self._policy(self.obs)
 
     # --- the loop -----------------------------------------------------------------------
 

@@ -138,6 +138,17 @@ class GaussianActor(nn.Module):
         return self.sample(obs, training=False)[0]
 
 
+def gumbel_max_sample(log_probs: Tensor) -> Tensor:
+    """One draw per row of a categorical [..., A] as argmax(log p + Gumbel noise).
+
+    Unlike torch.multinomial, which checks its input with a host sync on CUDA, this is plain
+    elementwise ops and an argmax: it runs inside a captured CUDA graph. u is kept above 0 so
+    the noise stays finite.
+    """
+    u = torch.rand_like(log_probs).clamp_(min=torch.finfo(log_probs.dtype).tiny)
+    return (log_probs - torch.log(-torch.log(u))).argmax(-1)
+
+
 class CategoricalActor(nn.Module):
     """Discrete policy: logits over actions; the losses take expectations, not samples."""
 
@@ -153,10 +164,10 @@ class CategoricalActor(nn.Module):
         return log_probs.exp(), log_probs
 
     def act(self, obs: Tensor, deterministic: bool) -> Tensor:
-        probs, _ = self(obs, training=False)
+        _, log_probs = self(obs, training=False)
         if deterministic:
-            return probs.argmax(-1)
-        return torch.multinomial(probs, 1).squeeze(-1)
+            return log_probs.argmax(-1)
+        return gumbel_max_sample(log_probs)
 
 
 class Agent(nn.Module):

@@ -26,16 +26,25 @@ from crossq_gpu.networks import Agent
 Metrics = dict[str, Tensor]
 
 
-def make_adam(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: torch.device) -> torch.optim.Adam:
+def set_matmul_precision(device: torch.device) -> None:
+    """TF32 matmuls on CUDA (BRN statistics stay float32): the learner and the benchmarks call
+    this, so a benchmark times the GEMMs the learner runs."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def make_adam(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: torch.device,
+              captured: bool) -> torch.optim.Adam:
     """Adam with its state created up front (so checkpoints and CUDA graphs see fixed tensors).
 
-    CUDA: capturable foreach Adam (CUDA-graph safe). CPU: fused Adam, one C++ kernel per
-    parameter instead of ~10 torch ops, and no per-parameter `.item()` of the step count.
+    Fused Adam (fused kernels instead of ~10 torch ops per parameter, the step count on the
+    device, no `.item()`) unless `captured` (the step replays as a CUDA graph): then capturable
+    foreach Adam, whose every op is graph-safe.
     """
     params = list(params)
-    cuda = device.type == "cuda"
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), capturable=cuda, foreach=cuda or None,
-                           fused=not cuda or None)
+    graph_safe = captured and device.type == "cuda"
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), capturable=graph_safe,
+                           foreach=graph_safe or None, fused=not graph_safe or None)
     for p in params:  # a zero-gradient step allocates exp_avg/exp_avg_sq/step and moves nothing
         p.grad = torch.zeros_like(p)
     opt.step()
@@ -71,9 +80,10 @@ class Update:
         self.prioritized = cfg.agent.memory.name == "PrioritizedReplay"
         self.critic_params = list(agent.critic.parameters())
         self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
-        self.critic_opt = make_adam(self.critic_params, cfg.agent.critic_net.optim, device)
-        self.actor_opt = make_adam(agent.actor.parameters(), cfg.agent.net.optim, device)
-        self.alpha_opt = make_adam([agent.log_alpha], alg.alpha_optim, device)
+        self._graphed = cfg.run.cuda_graphs and device.type == "cuda"
+        self.critic_opt = make_adam(self.critic_params, cfg.agent.critic_net.optim, device, self._graphed)
+        self.actor_opt = make_adam(agent.actor.parameters(), cfg.agent.net.optim, device, self._graphed)
+        self.alpha_opt = make_adam([agent.log_alpha], alg.alpha_optim, device, self._graphed)
         self.ranks = ranks
         self.polyak_pairs = (None if agent.critic_target is None else
                              (list(agent.critic_target.parameters()), self.critic_params))
@@ -82,7 +92,6 @@ class Update:
         if cfg.run.compile:
             self.critic_losses = torch.compile(self.critic_losses, fullgraph=True)
             self.policy_losses = torch.compile(self.policy_losses, fullgraph=True)
-        self._graphed = cfg.run.cuda_graphs and device.type == "cuda"
         self._graphs: dict[bool, GraphedCall] = {}
         self.grad_steps = 0
 

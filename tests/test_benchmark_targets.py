@@ -1,4 +1,4 @@
-"""benchmarks.targets reads the results the way the issues state their targets."""
+"""benchmarks.targets reads the results the way the targets are stated."""
 
 import json
 from pathlib import Path
@@ -24,11 +24,14 @@ def test_targets_from_gpu_and_cpu_results(tmp_path: Path) -> None:
         {"width": 256, "batch": 256, "impl": "CrossQ", "mode": "eager", "x_sb3": 1.7, "x_sbx": 0.5},
     ]}
     (tmp_path / "update_throughput_cpu.json").write_text(json.dumps(cpu))
-    memory = tmp_path / "gpu_memory.csv"
-    memory.write_text("timestamp, memory.used [MiB]\n2026/11/25 10:00:00.000, 900 MiB\n"
-                      "2026/11/25 10:00:02.000, 20480 MiB\n2026/11/25 10:00:04.000, 30")  # last line cut
+    for device, slug, memory in (("NVIDIA H200", "nvidia_h200", {"torch_max_allocated_gib": 17.5, "jax_peak_gib": 2.5}),
+                                 ("NVIDIA L4", "nvidia_l4", {"torch_max_allocated_gib": 21.0, "jax_peak_gib": 3.5})):
+        doc = {"environment": {"device": device, "device_type": "cuda"}, "memory": memory, "rows": []}
+        (tmp_path / f"learner_check_{slug}.json").write_text(json.dumps(doc))
+    cpu_run = {"environment": {"device": "AMD EPYC", "device_type": "cpu"}, "memory": {}, "rows": []}
+    (tmp_path / "learner_check_cpu.json").write_text(json.dumps(cpu_run))  # no GPU memory to check
 
-    status = {(c.target, c.device): (c.measured, c.status) for c in all_checks(tmp_path, memory)}
+    status = {(c.target, c.device): (c.measured, c.status) for c in all_checks(tmp_path)}
 
     h100 = "NVIDIA H100 80GB HBM3"
     assert status[("Triton fwd+bwd ÷ Inductor, N=32768 C=256", h100)] == (1.7, "met")
@@ -38,8 +41,11 @@ def test_targets_from_gpu_and_cpu_results(tmp_path: Path) -> None:
     assert not any("N=8192" in target for target, _ in status)
     assert status[("CPU updates/s ÷ sb3-contrib CrossQ (256×2, batch 256)", "AMD EPYC")] == (2.3, "met")
     assert status[("CPU updates/s ÷ SBX CrossQ (aim)", "AMD EPYC")] == (0.7, "missed")
-    assert status[("ant-4096 GiB free on a 24 GiB card (24 − peak used)", "GPU")] == (4.0, "met")
+    memory = "learner GiB left of 24 (24 − torch − JAX peak)"
+    assert status[(memory, "NVIDIA H200")] == (4.0, "met")
+    assert status[(memory, "NVIDIA L4")] == (-0.5, "missed")
+    assert not any(device == "AMD EPYC" for target, device in status if target == memory)
 
 
 def test_targets_without_results_are_not_measured(tmp_path: Path) -> None:
-    assert {c.status for c in all_checks(tmp_path, tmp_path / "absent.csv")} == {"not measured"}
+    assert {c.status for c in all_checks(tmp_path)} == {"not measured"}
