@@ -12,7 +12,8 @@ Two parts, the first run first:
 - sweep: CrossQ and SAC on halfcheetah and ant (which terminates) at 1 … 1,024 envs for
   `--grad-steps` each.
 `--gpu` runs the GPU sizes instead (ant and humanoid at 4,096 and 8,192 envs, on CUDA).
-Runs go `--jobs` at a time, one torch and one XLA thread each. Writes
+Runs go `--jobs` at a time, one torch and one XLA thread each; a run already finished with
+the same command (benchmarks/runs/parallel_envs/<run>/run.json) is reused. Writes
 benchmarks/results/parallel_envs_<device>.json (rewritten after every run), a PNG of
 return against gradient steps, env steps and wall-clock, and prints a table and the targets.
 """
@@ -84,11 +85,16 @@ def command(spec: Spec) -> list[str]:
 
 
 def run(spec: Spec, budget_s: float) -> dict[str, Any]:
-    """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly)."""
+    """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly).
+    A run that finished before with the same command is read back, not run again."""
     out = RUNS_DIR / spec.name
+    cmd = command(spec)
+    marker = out / "run.json"
+    if marker.exists() and (done := json.loads(marker.read_text()))["cmd"] == cmd:
+        print(f"reuse  {spec.name}", flush=True)
+        return {**asdict(spec), **curve(out / "metrics.jsonl"), **done["process"], **summary_of(spec)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    cmd = command(spec)
     print(f"start  {spec.name}", flush=True)
     start, stopped = time.perf_counter(), False
     with open(out / "stdout.log", "w") as log:
@@ -102,9 +108,14 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     if proc.returncode not in (0, 130, -signal.SIGTERM):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {out / 'stdout.log'}")
     print(f"done   {spec.name} in {elapsed:.0f} s{' (time budget)' if stopped else ''}", flush=True)
-    return {**asdict(spec), **curve(out / "metrics.jsonl"), "process_s": round(elapsed, 1),
-            "stopped_at_budget": stopped, "batch_size": regime(spec).agent.memory.batch_size,
-            "regime": config_mod.describe_regime(regime(spec))}
+    process = {"process_s": round(elapsed, 1), "stopped_at_budget": stopped}
+    marker.write_text(json.dumps({"cmd": cmd, "process": process}, indent=2))
+    return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}
+
+
+def summary_of(spec: Spec) -> dict[str, Any]:
+    cfg = regime(spec)
+    return {"batch_size": cfg.agent.memory.batch_size, "regime": config_mod.describe_regime(cfg)}
 
 
 def curve(metrics: Path) -> dict[str, Any]:
@@ -221,8 +232,8 @@ def plan(args: argparse.Namespace) -> list[tuple[Spec, float]]:
     if args.target_grad_steps:
         specs += [(Spec("target", TARGET["env"], TARGET["num_envs"], "crossq", seed, args.target_grad_steps,
                         args.device), args.target_budget_s) for seed in args.seeds]
-    for algo in args.algos:
-        for env in args.envs:
+    for env in args.envs:
+        for algo in args.algos:
             for n in args.num_envs:
                 specs += [(Spec("sweep", env, n, algo, seed, args.grad_steps, args.device), args.budget_s)
                           for seed in args.seeds]

@@ -86,9 +86,8 @@ CPU_SUITE = [
 
 
 def _gpu_task(env: str, threshold: float) -> Task:
-    """4,096 Brax envs: the `<env>-4096` preset where one exists, else paper + --num-envs 4096."""
-    preset = f"{env}-4096" if f"{env}-4096" in config_mod.PRESETS else "paper"
-    args = ("--preset", preset, "--device", "cuda", "--num-envs", "4096", "--eval-episodes", "10")
+    """4,096 Brax envs under the auto preset's many-env regime."""
+    args = ("--preset", "auto", "--device", "cuda", "--num-envs", "4096", "--eval-episodes", "10")
     return Task(env, 5_000_000, 600, threshold, 200_000, args, log_every=4096 * 10)
 
 
@@ -118,7 +117,9 @@ def preset_training_iter(task: Task) -> int:
     """training_iter the task's preset and --set flags resolve to (SAC-UTD4 uses 4× it)."""
     preset = task.args[task.args.index("--preset") + 1]
     sets = [task.args[i + 1] for i, a in enumerate(task.args) if a == "--set"]
-    cfg, _ = config_mod.build_config(preset, cuda_available=True, overrides=sets)
+    num_envs = int(task.args[task.args.index("--num-envs") + 1])
+    cfg, _ = config_mod.build_config(preset, cuda_available=True, overrides=sets,
+                                     flags={"env.name": task.env, "env.num_envs": num_envs})
     return cfg.agent.algorithm.training_iter
 
 

@@ -6,6 +6,7 @@ vector step), seconds per vector step of:
 - updates: the vector step's `training_iter` gradient steps alone, on a filled buffer;
 - loop: the learner's own loop (`Run.train`), with `run.overlap` off and on, alternating
   rounds in one process, each after a warm-up that holds the compiles.
+On a CPU torch and XLA get one thread each, so that overlapping them uses both cores.
 The loop should cost no more than env + updates; with overlap, less. Writes
 benchmarks/results/whole_loop_<device>.json and .png, and prints a table.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -33,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-envs", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--vector-steps", type=int, default=8, help="timed vector steps per loop measurement")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     return p.parse_args()
 
 
@@ -87,8 +89,12 @@ def parts_s(run: Run, vector_steps: int, device: torch.device) -> tuple[float, f
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":  # one torch and one XLA thread: on 2 cores they overlap, not spin
+        torch.set_num_threads(1)
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     with tempfile.TemporaryDirectory() as tmp:
         runs = {overlap: build(args, device, overlap, Path(tmp) / str(overlap)) for overlap in (False, True)}
+        regime = config_mod.describe_regime(runs[False].cfg)
         samples: dict[str, list[float]] = {"env": [], "updates": [], "loop": [], "loop_overlap": []}
         for _ in range(args.rounds):
             for overlap, run in runs.items():
@@ -96,7 +102,6 @@ def main() -> None:
             env_s, updates_s = parts_s(runs[False], args.vector_steps, device)
             samples["env"].append(env_s)
             samples["updates"].append(updates_s)
-        regime = config_mod.describe_regime(runs[False].cfg)
     med = {k: statistics.median(v) for k, v in samples.items()}
     rows = [{"part": k, "s_per_vector_step": med[k], "env_steps_per_s": args.num_envs / med[k],
              "x_env_plus_updates": med[k] / (med["env"] + med["updates"]), "samples": samples[k]}
