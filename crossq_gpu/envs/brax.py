@@ -18,6 +18,8 @@ in-place write or a CUDA-graph replay into the caller's tensor cannot change wha
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from functools import cache
@@ -61,11 +63,28 @@ def jax_module() -> Any:
     return jax
 
 
-def brax_env_names() -> list[str]:
-    jax_module()
-    from brax import envs
+# What importing Brax prints or warns that says nothing to a user of this project: MJX's
+# optional Warp backend is absent on purpose, and Brax's notice about its maintenance.
+_IMPORT_NOISE = ("Failed to import warp", "Failed to import mujoco_warp")
+_BRAX_NOTICE = "Brax System, piplines and environments are not actively being maintained"
 
-    return sorted(n for n in envs._envs if n not in _NOT_TASKS)
+
+@cache
+def brax_envs() -> Any:
+    """`brax.envs`, imported once with its import-time noise kept out of the terminal."""
+    jax_module()
+    warnings.filterwarnings("ignore", message=_BRAX_NOTICE, category=UserWarning)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        from brax import envs
+    for line in printed.getvalue().splitlines():  # anything else it printed still shows
+        if line.strip() and not line.startswith(_IMPORT_NOISE):
+            print(line)
+    return envs
+
+
+def brax_env_names() -> list[str]:
+    return sorted(n for n in brax_envs()._envs if n not in _NOT_TASKS)
 
 
 def jax_to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
@@ -280,9 +299,7 @@ def make_brax_env(name: str, num_envs: int, device: torch.device, seed: int = 0,
         raise ValueError(f"unknown Brax backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if name not in brax_env_names():
         raise unknown_env(name)
-    from brax import envs
-
-    env = envs.get_environment(name, backend=backend, **env_kwargs)
+    env = brax_envs().get_environment(name, backend=backend, **env_kwargs)
     return JaxVecEnv(env, num_envs, device, seed, episode_length, ctrl_range_of(env.sys), name)
 
 
