@@ -3,7 +3,7 @@
 Every benchmark writes `benchmarks/results/<name>_<device>.json` holding `environment()`
 (device, peak bandwidth, versions, git commit) and its rows, saves a PNG next to it, and
 prints the rows as a table. Absolute times on shared machines vary, so a benchmark should
-compare its variants side by side in one run and report ratios too (SPEC §6).
+compare its variants side by side in one run and report ratios too.
 
     env = environment(device)
     ms = bench_ms(lambda: step(), device)

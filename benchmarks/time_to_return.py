@@ -72,7 +72,7 @@ CPU_COMMON = ("--preset", "cpu", "--device", "cpu", "--num-envs", "1", "--eval-e
 # Thresholds: "solved" where both algorithms solve the task in the budget, else about what
 # our SAC at UTD 1 reaches by the end of the budget (the claim's "SAC's return").
 CPU_SUITE = [
-    # −250: the issue's Pendulum bar (tests/test_learning.py); random ≈ −1200, good ≈ −150.
+    # −250: the Pendulum bar of tests/test_learning.py; random ≈ −1200, good ≈ −150.
     Task("gym:Pendulum-v1", 8_000, 150, -250, 1000, CPU_COMMON),
     # 900 of 1000 (the pole stays up ≥ 90% of the time limit).
     Task("gym:InvertedPendulum-v5", 6_000, 120, 900, 1000, CPU_COMMON),

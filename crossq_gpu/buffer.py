@@ -1,4 +1,4 @@
-"""Device-resident replay buffers (SPEC §4): uniform `ReplayBuffer`, proportional `PrioritizedReplay`.
+"""Device-resident replay buffers: uniform `ReplayBuffer`, proportional `PrioritizedReplay`.
 
 Storage is preallocated once; the write pointer, the fill level and (for PER) the sum tree,
 max priority and β counter are device tensors. `add`, `sample` and `update_priorities` only

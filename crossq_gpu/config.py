@@ -1,6 +1,6 @@
 """The configuration tree: typed dataclasses, presets, YAML load/save and `--set` overrides.
 
-One YAML document of the shape in SPEC §1 maps onto `Config`. Every field has a default
+One YAML document (the README's Configuration) maps onto `Config`. Every field has a default
 from the `paper` preset; presets are dictionaries of overrides (data, not classes); an
 unknown key anywhere is a `ConfigError` that names its dotted path.
 """

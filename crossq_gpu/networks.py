@@ -40,7 +40,7 @@ class StackedLinear(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """n MLPs with optional BatchRenorm, in either of the two CrossQ layouts (SPEC §1).
+    """n MLPs with optional BatchRenorm, in either of the two CrossQ layouts (docs/design.md §1).
 
     post_activation (paper): [BRN(input)] → (Linear → act → BRN) × L → Linear.
     pre_activation (SLM-Lab): [BRN(input)] → (Linear → BRN → act) × L → Linear.

@@ -1,4 +1,4 @@
-"""One gradient step of CrossQ (or the SAC baseline), in the order of SPEC §1.
+"""One gradient step of CrossQ (or the SAC baseline), in the order of docs/design.md §1.
 
 The losses are computed by two functions of an explicit batch (`critic_losses`,
 `policy_losses`); those are what `torch.compile(fullgraph=True)` compiles, which proves

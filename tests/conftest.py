@@ -1,7 +1,7 @@
 """Test set-up that must happen before any kernel module is imported.
 
 TRITON_INTERPRET=1 has to be in the environment before `@triton.jit` decorates the
-kernels, so that the Triton path runs on CPU tensors (SPEC §2).
+kernels, so that the Triton path runs on CPU tensors.
 """
 
 import os

@@ -1,7 +1,7 @@
-"""The torch reference of Batch Renormalization against independent oracles (SPEC §2).
+"""The torch reference of Batch Renormalization against independent oracles (docs/design.md §2).
 
 Oracles: torch.nn.BatchNorm1d while steps < warmup_steps, and a float64 transcription of the
-SPEC formulas after warmup, with inputs chosen so that r and d clip on both sides.
+formulas after warmup, with inputs chosen so that r and d clip on both sides.
 """
 
 import pytest
@@ -30,7 +30,7 @@ def formula_float64(
     x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
     steps: int, warmup_steps: int, relu: str = "none",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """SPEC §2 in float64: (y, r, d, new running_mean, new running_var); y differentiable."""
+    """docs/design.md §2 in float64: (y, r, d, new running_mean, new running_var); y differentiable."""
     eps, r_max, d_max, momentum = HYPER["eps"], HYPER["r_max"], HYPER["d_max"], HYPER["momentum"]
     h = torch.relu(x) if relu == "input" else x
     n = h.shape[-2]

@@ -1,6 +1,6 @@
 """Short end-to-end runs that must learn (fixed seeds, CPU preset, each ~1–3 min on 2 cores).
 
-Thresholds are the issue's: CrossQ on Pendulum-v1 ≥ −250 within 15k env steps (here a
+Thresholds: CrossQ on Pendulum-v1 ≥ −250 within 15k env steps (here a
 shorter budget), discrete CrossQ on CartPole-v1 ≥ 450, and the SAC baseline on Pendulum.
 """
 

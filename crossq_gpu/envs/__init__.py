@@ -1,4 +1,4 @@
-"""Environments behind one protocol (SPEC §3): Brax/MJX on the accelerator, Gymnasium on the CPU.
+"""Environments behind one protocol (docs/design.md §3): Brax/MJX on the accelerator, Gymnasium on the CPU.
 
 All JAX code of the project lives in this package, imported only when a Brax or Playground
 env is made.

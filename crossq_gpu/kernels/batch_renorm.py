@@ -77,7 +77,7 @@ def batch_renorm(
     impl: Impl = "auto",
     group: ProcessGroup | None = None,
 ) -> Tensor:
-    """Batch Renormalization (SPEC §2) of x [N, C] or [E, N, C] over dim -2, fused with a ReLU.
+    """Batch Renormalization (docs/design.md §2) of x [N, C] or [E, N, C] over dim -2, fused with a ReLU.
 
     relu="input": y = BRN(relu(x)) (Linear → ReLU → BRN); relu="output": y = relu(BRN(x)).
     In training mode running_mean/running_var/steps are updated in place. Output is float32.
@@ -122,7 +122,7 @@ def batch_renorm(
 
 
 class BatchRenorm1d(nn.Module):
-    """Batch Renormalization layer (Ioffe 2017) as CrossQ uses it; see SPEC §2.
+    """Batch Renormalization layer (Ioffe 2017) as CrossQ uses it; see docs/design.md §2.
 
     With `ensemble_size=E` every tensor gets a leading E dimension and the layer normalises
     an [E, N, C] input as E independent layers (one per critic of a batched ensemble).

@@ -1,6 +1,6 @@
 """Batch Renormalization (Ioffe 2017) in plain torch ops — the oracle for the Triton kernels.
 
-This is SPEC §2 written out line by line. It is also the CPU implementation, so it must
+This is docs/design.md §2 written out line by line. It is also the CPU implementation, so it must
 stay free of host syncs: the warmup switch is a `torch.where` on the `steps` tensor, never a
 Python `if`, and the whole function compiles with `torch.compile(fullgraph=True)`.
 

@@ -1,6 +1,6 @@
 """Training-mode Batch Renormalization in torch ops with a hand-written backward: the CPU path.
 
-The same function as `reference.batch_renorm_reference` (SPEC §2), but autograd sees one
+The same function as `reference.batch_renorm_reference` (docs/design.md §2), but autograd sees one
 node instead of ~15: the forward makes 6 passes over the [.., N, C] activations (ReLU,
 mean, centre, square, sum, affine) and the backward 5–7 (Σg, Σg·x̂, two fused
 multiply-adds, the ReLU masks) where the composed reference's backward makes ~14. It is

@@ -10,8 +10,8 @@ h = relu(x) when the ReLU sits on the input side:
               dx = scale · rstd · (g − [batch] (Σg + x̂ Σg·x̂) / N) · [x > 0] (input ReLU)
 
 `batch_renorm` (the dispatcher) passes scale = γ·r and shift = γ·d + β, so torch autograd
-turns dscale/dshift into dγ = r·Σg·x̂ + d·Σg and dβ = Σg, while r and d stay constants as
-SPEC §2 requires. In training mode mean/rstd are the batch's, passed in detached, and
+turns dscale/dshift into dγ = r·Σg·x̂ + d·Σg and dβ = Σg, while r and d stay constants, as
+docs/design.md §2 says. In training mode mean/rstd are the batch's, passed in detached, and
 `batch=True` tells the backward they depend on x (the "− mean" terms of the BN gradient);
 eval mode is the same op with the running statistics and `batch=False`.
 
@@ -135,7 +135,7 @@ def _finalize_stats_kernel(
         delta = tl.load(part_mean_ptr + part, mask=col_mask, other=0.0) - mean
         m2 += tl.load(part_m2_ptr + part, mask=col_mask, other=0.0) + n_r * delta * delta
     var = m2 / n
-    # r and d from the running statistics as they were before this batch (SPEC §2).
+    # r and d from the running statistics as they were before this batch.
     running_mean = tl.load(running_mean_ptr + chan, mask=col_mask, other=0.0)
     running_var = tl.load(running_var_ptr + chan, mask=col_mask, other=1.0)
     running_std = tl.sqrt(running_var + eps)
