@@ -1,6 +1,6 @@
 """The learner end to end for a fixed time: steady-state sps and ups, and peak memory under a 24 GiB cap.
 
-    python -m benchmarks.learner_check --seconds 45 -- --preset ant-4096 --eval-every 0 --checkpoint-every 0
+    python -m benchmarks.learner_check --seconds 45 -- --env ant --num-envs 4096 --eval-every 0 --checkpoint-every 0
     python -m benchmarks.learner_check --seconds 5 -- --env gym:Pendulum-v1 --num-envs 1   # on a CPU
 
 Runs `crossq_gpu.learner` in this process and, after `--seconds`, stops it as Ctrl-C does (it

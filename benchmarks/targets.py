@@ -8,7 +8,7 @@
   bandwidth.
 - On the CPU (`update_throughput_cpu.json`, 256x2 critic, batch 256): compiled CrossQ >= 2x
   sb3-contrib's CrossQ, and the aim, faster than SBX's.
-- On each GPU with `learner_check_<gpu>.json` (the ant-4096 preset, capped to 24 GiB): torch's
+- On each GPU with `learner_check_<gpu>.json` (ant at 4,096 envs, capped to 24 GiB): torch's
   peak allocation plus JAX's peak fits 24 GiB.
 
 gpu_check.sh prints this at the end, so a lent GPU's log says at once where the targets stand.
