@@ -72,14 +72,14 @@ fi
 # only; one compile per point.
 wants brn && add brn 30 "$RESULTS/brn_kernel_*.json" \
     "$PY -m benchmarks.brn_kernel --n 32768 131072 --c 256 1024 --impls triton compiled eager"
-# Updates/s of the learner's CUDA path (compiled, captured, TF32) at the ant-4096 preset's
-# width and batch: one point, one compile.
+# Updates/s of the learner's CUDA path (compiled, captured, TF32) at the width and batch the
+# auto regime gives 4,096 envs: one point, one compile.
 wants update && add update 40 "$RESULTS/update_throughput_*.json" \
     "$PY -m benchmarks.update_throughput --device cuda --widths 1024 --batch-sizes 16384 --modes graphed \
 --algos CrossQ --compare --rounds 3"
-# The ant-4096 preset end to end under a 24 GiB cap: steady-state sps/ups after the compiles, peak memory.
+# Ant at 4,096 envs under the auto regime, end to end under a 24 GiB cap: steady-state sps/ups after the compiles, peak memory.
 wants learner && add learner 65 "$RESULTS/learner_check_*.json runs/learner_check-*/metrics.jsonl" \
-    "$PY -m benchmarks.learner_check --seconds 48 -- --preset ant-4096 --eval-every 0 --checkpoint-every 0"
+    "$PY -m benchmarks.learner_check --seconds 48 -- --env ant --num-envs 4096 --eval-every 0 --checkpoint-every 0"
 # Brax on the GPU, generalized vs mjx (on request).
 wants env && add env 45 "$RESULTS/env_throughput_*.json" \
     "$PY -m benchmarks.env_throughput --device cuda --num-envs 256 1024 4096 --min-time 1.0"

@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+import unittest.mock
 from pathlib import Path
 
 import pytest
 
 from benchmarks import update_throughput
 from benchmarks.learner_check import steady_state
+from crossq_gpu import learner
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 300
@@ -89,6 +91,19 @@ def test_plan_update_step_times_one_compiled_variant(checkout: Path) -> None:
     args = update_throughput.parser().parse_args(command[command.index("benchmarks.update_throughput") + 1:])
     assert (len(args.widths), len(args.batch_sizes), args.modes, len(args.algos)) == (1, 1, ["graphed"], 1)
     assert args.variants == [] and args.compare == []
+
+
+def test_plan_learner_step_resolves_to_the_4096_env_gpu_regime(checkout: Path) -> None:
+    """The learner flags the check passes make a valid CUDA config: batch and width as the update step's."""
+    command = shlex.split(plan(checkout)[0]["learner"][1])
+    args = learner.parse_args(command[command.index("--") + 1:])
+    with unittest.mock.patch("torch.cuda.is_available", return_value=True):
+        cfg, preset = learner.resolve_config(args)
+    update = shlex.split(plan(checkout)[0]["update"][1])
+    widths = update[update.index("--widths") + 1]
+    batch = update[update.index("--batch-sizes") + 1]
+    assert (preset, cfg.env.num_envs) == ("paper", 4096)
+    assert cfg.agent.memory.batch_size == int(batch) and cfg.agent.critic_net.hidden == [int(widths)] * 2
 
 
 def test_selection_over_the_budget_or_unknown_is_refused(checkout: Path) -> None:
