@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from crossq_gpu import atomic, learner
-from crossq_gpu.checkpoint import load_checkpoint
+from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
+from crossq_gpu.distributed import Ranks
 from crossq_gpu.metrics import cut_records, describe_cut
 from tests.small_run import SMALL, comparable, rows
 
@@ -86,6 +87,22 @@ def test_a_full_disk_stops_training_and_keeps_the_last_good_checkpoint(tmp_path,
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(out)["counters"]["env_steps"] == 100
     assert not list(out.glob("*.tmp"))
+
+
+class OtherRankAtStart(Ranks):
+    """One rank of two, whose (simulated) peer read a checkpoint of env step 0."""
+
+    def min(self, value: int) -> int:
+        return min(value, 0)
+
+
+def test_ranks_that_read_different_checkpoints_refuse_to_resume(tmp_path):
+    out = tmp_path / "run"
+    assert learner.main([*SMALL, "--total-steps", "200", "--out", str(out)]) == 0
+    cfg, _ = learner.resolve_config(learner.parse_args(["--resume", str(out)]))
+    run = learner.Run(cfg, out, torch.device("cpu"), OtherRankAtStart())
+    with pytest.raises(CheckpointError, match="env steps 0 to 200: every rank must resume from the same"):
+        run.restore(load_checkpoint(out))
 
 
 # --- kills at random moments ----------------------------------------------------------
