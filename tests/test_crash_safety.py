@@ -67,6 +67,15 @@ def test_cut_records_keeps_rows_up_to_the_step_and_drops_a_torn_line(tmp_path):
     assert describe_cut(400, 0, 0) is None
 
 
+def test_a_new_run_in_a_used_folder_replaces_its_records(tmp_path, capsys):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    for out in (once, twice, twice):
+        assert learner.main([*SMALL, "--total-steps", "300", "--out", str(out)]) == 0
+    assert "starting at env step 0: dropped 4 metric rows written by an earlier run in this folder" \
+        in capsys.readouterr().out  # train 100, 200, 300 and eval 300
+    assert [comparable(r) for r in rows(twice)] == [comparable(r) for r in rows(once)]
+
+
 def test_a_full_disk_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     real_save, calls = torch.save, []
 
