@@ -151,10 +151,15 @@ def kill(proc: subprocess.Popen, run: Path, moment: tuple[str, float]) -> bool:
     """
     kind, at = moment
     before, started = temp_files(run), time.time()
-    while proc.poll() is None and time.time() - started < 60:
-        if kind == "write" and temp_files(run) - before and (run / "checkpoint.pt").exists() \
-                or kind == "step" and last_step(run, started) >= at or kind == "time" and time.time() - started >= at:
-            break
+
+    def due() -> bool:
+        if kind == "write":
+            return bool(temp_files(run) - before) and (run / "checkpoint.pt").exists()
+        if kind == "step":
+            return last_step(run, started) >= at
+        return time.time() - started >= at
+
+    while proc.poll() is None and time.time() - started < 60 and not due():
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
