@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from crossq_gpu.atomic import atomic_write
 
 FORMAT = "crossq_gpu/2"  # 2: per-rank state under "ranks" (data-parallel runs)
 
@@ -19,18 +19,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """temp file in the same folder + fsync + rename: a crash never leaves a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` atomically: a kill or a full disk leaves the previous checkpoint whole.
+
+    An OSError (no space, no permission) propagates for the caller to stop on.
+    """
+    atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from crossq_gpu.atomic import atomic_write
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending field."""
@@ -416,7 +418,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Written atomically: a kill mid-write must not leave a run that cannot be resumed."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def build_config(preset: str, cuda_available: bool, config_file: str | None = None,

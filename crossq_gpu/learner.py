@@ -39,7 +39,8 @@ EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN/Inf loss); the message names the step and the checkpoint."""
+    """Training cannot go on (a NaN/Inf loss, a checkpoint that cannot be written); the message
+    names the step and the last good checkpoint."""
 
 
 # --- command line ---------------------------------------------------------------------
@@ -204,7 +205,9 @@ class Run:
         """
         cfg, c, ranks = self.cfg, self.counters, self.ranks
         alg = cfg.agent.algorithm
-        writer = MetricsWriter(self.out_dir) if ranks.main else None
+        writer = MetricsWriter(self.out_dir, start_step=c.env_steps) if ranks.main else None
+        if writer and writer.note:
+            print(writer.note, flush=True)
         bar = progress_bar(cfg.run.total_steps, c.env_steps, show=ranks.main)
         last = (time.perf_counter(), c.env_steps, self.update.grad_steps)
         start_wall = time.perf_counter() - c.wall_s
@@ -295,10 +298,13 @@ class Run:
         local = self.window.nonfinite_step()
         step = self.ranks.min(sys.maxsize if local is None else local)
         if step != sys.maxsize:
-            where = (f"the last good checkpoint is {self.checkpoint_path} (env step {self.last_checkpoint_step})"
-                     if self.last_checkpoint_step is not None else "no checkpoint was written")
             raise TrainingError(f"NaN/Inf loss at gradient step {step} (before env step "
-                                f"{self.counters.env_steps}); training stopped; {where}")
+                                f"{self.counters.env_steps}); training stopped; {self._last_good()}")
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {self.checkpoint_path} (env step {self.last_checkpoint_step})"
 
     # --- checkpoints --------------------------------------------------------------------
 
@@ -320,10 +326,17 @@ class Run:
         if self.cfg.run.save_buffer:
             local["buffer"] = self.buffer.state_dict()
         every_rank = self.ranks.gather(local)
+        failed = None
         if self.ranks.main:
-            save_checkpoint({"config": config_mod.to_dict(self.cfg), "agent": self.agent.state_dict(),
-                             "update": self.update.state_dict(), "counters": vars(self.counters).copy(),
-                             "world_size": self.ranks.world, "ranks": every_rank}, self.checkpoint_path)
+            try:
+                save_checkpoint({"config": config_mod.to_dict(self.cfg), "agent": self.agent.state_dict(),
+                                 "update": self.update.state_dict(), "counters": vars(self.counters).copy(),
+                                 "world_size": self.ranks.world, "ranks": every_rank}, self.checkpoint_path)
+            except OSError as exc:  # a full disk, a lost permission: the previous file is intact
+                failed = (f"cannot write the checkpoint at env step {self.counters.env_steps} "
+                          f"({exc.strerror or exc}); training stopped; {self._last_good()}")
+        if self.ranks.any(failed is not None):  # every rank stops together
+            raise TrainingError(failed or "rank 0 could not write the checkpoint")
         self.last_checkpoint_step = self.counters.env_steps
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -351,7 +364,12 @@ class Run:
         if "buffer" not in local and self.counters.env_steps > 0 and self.ranks.main:
             print("note: the checkpoint holds no replay buffer (--save-buffer); it refills from now on",
                   file=sys.stderr)
-        self.last_checkpoint_step = self.counters.env_steps
+        step = self.counters.env_steps
+        lowest, highest = self.ranks.min(step), -self.ranks.min(-step)
+        if lowest != highest:
+            raise CheckpointError(f"the ranks read checkpoints of env steps {lowest} to {highest}: "
+                                  "every rank must resume from the same checkpoint.pt")
+        self.last_checkpoint_step = step
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from crossq_gpu.atomic import atomic_write
+
 # TensorBoard tag for each metrics.jsonl field (CleanRL-style namespaces).
 TB_TAGS = {
     "return_mean": "charts/return_mean", "sps": "charts/sps", "ups": "charts/ups",
@@ -122,13 +124,21 @@ class EpisodeReturns:
 
 
 class MetricsWriter:
-    """Appends rows to metrics.jsonl and mirrors the numbers to TensorBoard."""
+    """Appends rows to metrics.jsonl and mirrors the numbers to TensorBoard.
 
-    def __init__(self, out_dir: Path) -> None:
+    A run that starts at env step `start_step` (its checkpoint's; 0 for a new run) first
+    drops the records written after that step, so that they continue the rows and events
+    the checkpoint saw instead of repeating steps; `note` says what was dropped, if anything.
+    """
+
+    def __init__(self, out_dir: Path, start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow, so here
 
         self.path = out_dir / "metrics.jsonl"
-        self.tb = SummaryWriter(log_dir=str(out_dir))
+        self.note = describe_cut(start_step, *cut_records(self.path, start_step))
+        # TensorBoard hides earlier events at steps >= purge_step; those at start_step stay,
+        # as their rows stay in metrics.jsonl.
+        self.tb = SummaryWriter(log_dir=str(out_dir), purge_step=start_step + 1)
 
     def write(self, row: dict[str, Any]) -> None:
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -142,6 +152,50 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.tb.close()
+
+
+def cut_records(path: Path, env_step: int) -> tuple[int, int]:
+    """Keep the metrics.jsonl rows at or before `env_step`; returns (rows dropped, unreadable lines dropped).
+
+    An unreadable line is the torn end of a write a crash interrupted. The file is replaced
+    atomically, and only when something is dropped.
+    """
+    if not path.exists():
+        return 0, 0
+    kept, late, unreadable = [], 0, 0
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        step = _env_step(line)
+        if step is None:
+            unreadable += 1
+        elif step > env_step:
+            late += 1
+        else:
+            kept.append(line + b"\n")
+    if late or unreadable:
+        atomic_write(path, lambda f: f.write(b"".join(kept)))
+    return late, unreadable
+
+
+def _env_step(line: bytes) -> int | None:
+    """A row's env step; None for a line that is not a whole row."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("env_steps") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else None
+
+
+def describe_cut(env_step: int, late: int, unreadable: int) -> str | None:
+    """The one line a run prints about the records `cut_records` dropped (None if none)."""
+    if not (late or unreadable):
+        return None
+    after = "after the checkpoint" if env_step else "by an earlier run in this folder"
+    what = [f"{late} metric row{'s' * (late != 1)} written {after}"] if late else []
+    what += [f"{unreadable} torn line{'s' * (unreadable != 1)}"] if unreadable else []
+    return f"{'resuming' if env_step else 'starting'} at env step {env_step}: dropped {' and '.join(what)}"
 
 
 def progress_bar(total: int, initial: int, show: bool = True) -> tqdm:

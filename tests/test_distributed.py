@@ -199,8 +199,12 @@ def test_two_ranks_write_one_run_and_resume_exactly(tmp_path):
     assert full.returncode == 0, full.stderr[-2000:]
     assert full.stdout.count("done: 800 env steps") == 1
     assert torchrun(*common, "--total-steps", "400", "--out", "part", cwd=tmp_path).returncode == 0
+    with (tmp_path / "part" / "metrics.jsonl").open("a") as f:  # as if killed after the checkpoint
+        f.write('{"kind": "train", "env_steps": 500}\n{"kind": "train", "env_steps": 600}\n{"kind": "tr')
     resumed = torchrun("--resume", "part", "--total-steps", "800", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("resuming at env step 400: dropped 2 metric rows written after the checkpoint "
+                                "and 1 torn line\n") == 1  # rank 0 cut the records
 
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
     assert a["world_size"] == 2 and len(a["ranks"]) == 2
