@@ -180,17 +180,25 @@ def targets(rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> list[str
                            f"{100 * TARGET['max_drop']:.0f} % after its best, every seed")
     else:
         verdicts.append("not measured: the halfcheetah-128 target run")
-    for env, algo in sorted({(r["env"], r["algo"]) for r in lines if r["part"] == "sweep"}):
-        finals = {r["num_envs"]: r["final"] for r in lines
-                  if r["part"] == "sweep" and r["env"] == env and r["algo"] == algo and r["final"] is not None}
-        order = [n for n in (1, 16, 256) if n in finals]
+    for env, algo in sorted({(r["env"], r["algo"]) for r in rows if r["part"] == "sweep"}):
+        curves = {n: [r["curve"] for r in rows if r["part"] == "sweep" and r["env"] == env
+                      and r["algo"] == algo and r["num_envs"] == n and r["curve"]] for n in (1, 16, 256)}
+        order = [n for n in (1, 16, 256) if curves[n]]
         if len(order) < 2:
             verdicts.append(f"not measured: {env} {algo} 1 <= 16 <= 256 envs")
             continue
-        ok = all(finals[a] <= finals[b] for a, b in zip(order, order[1:]))
-        verdicts.append(f"{'met' if ok else 'missed'}: {env} {algo} at equal gradient steps, "
-                        + " <= ".join(f"{n} envs {finals[n]:.0f}" for n in order))
+        # Equal gradient steps: as far as every size's every seed got (a run may stop at its budget).
+        g = min(c[-1]["grad_steps"] for n in order for c in curves[n])
+        at = {n: statistics.mean(return_at(c, g) for c in curves[n]) for n in order}
+        ok = all(at[a] <= at[b] for a, b in zip(order, order[1:]))
+        verdicts.append(f"{'met' if ok else 'missed'}: {env} {algo} at {g} gradient steps, "
+                        + " <= ".join(f"{n} envs {at[n]:.0f}" for n in order))
     return verdicts
+
+
+def return_at(curve: list[dict[str, Any]], grad_steps: int) -> float:
+    """The last eval return at or before `grad_steps`."""
+    return [p["return"] for p in curve if p["grad_steps"] <= grad_steps][-1]
 
 
 def plot(rows: list[dict[str, Any]], device: torch.device) -> None:
