@@ -28,21 +28,21 @@ def export_policy(policy: Policy, fmt: str, path: Path) -> None:
     The trace is exact: the forward has no data-dependent control flow, and the batch size
     stays free (TorchScript traces sizes symbolically; ONNX gets a dynamic dimension N).
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    missing = [m for m in ("onnx", "onnxscript") if fmt == "onnx" and importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'crossq-gpu[onnx]'")
     policy = policy.cpu()
     example = torch.zeros(2, policy.spec.obs_dim)
-    if fmt == "torchscript":
-        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript, which still loads everywhere
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript, which still loads everywhere
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        if fmt == "torchscript":
             torch.jit.trace(policy, example).save(str(path))
-    elif fmt == "onnx":
-        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'crossq-gpu[onnx]'")
-        torch.onnx.export(policy, (example,), str(path), dynamo=True, verbose=False, input_names=["obs"],
-                          output_names=["action"], dynamic_shapes={"obs": {0: torch.export.Dim("N")}})
-    else:
-        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+        else:
+            torch.onnx.export(policy, (example,), str(path), dynamo=True, verbose=False, input_names=["obs"],
+                              output_names=["action"], dynamic_shapes={"obs": {0: torch.export.Dim("N")}})
 
 
 def main(argv: list[str] | None = None) -> int:

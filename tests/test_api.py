@@ -5,8 +5,11 @@ actor, and one clear error (with nothing written) for every bad input."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +20,7 @@ import torch
 import yaml
 
 import crossq_gpu
-from crossq_gpu import evaluate, learner
+from crossq_gpu import evaluate, learner, losses
 from crossq_gpu.checkpoint import load_checkpoint, save_checkpoint
 from crossq_gpu.config import ConfigError, from_dict
 from crossq_gpu.envs import make_env
@@ -28,6 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"agent": {"critic_net": {"hidden": [32, 32]}, "net": {"hidden": [32, 32]},
                   "memory": {"batch_size": 64}, "algorithm": {"training_start_step": 200, "alpha_init": 0.1}}}
 FAST = {"device": "cpu", "compile": False, "log_every": 100, "preset": "cpu"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These nets are tiny: a second thread only spins, and on a busy 2-core machine costs ~10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Point(gym.Env):
@@ -155,6 +167,28 @@ def test_a_vec_env_instance_sets_num_envs_and_skips_evaluation(tmp_path):
     assert result.policy.predict(np.zeros(3)).shape == (1,)
 
 
+def test_a_nan_loss_is_a_training_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(losses, "td_target", lambda reward, *a: torch.full_like(reward, float("nan")))
+    with pytest.raises(crossq_gpu.TrainingError, match="NaN/Inf loss at gradient step 1"):
+        crossq_gpu.train(Point, TINY, out=tmp_path / "run", total_steps=1000, **FAST)
+
+
+def test_ctrl_c_is_a_keyboard_interrupt_after_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+
+    def interrupt_once_training() -> None:
+        deadline = time.time() + 60
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_training, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as info:
+        crossq_gpu.train(Point, TINY, out=out, total_steps=10_000_000, **FAST)
+    assert isinstance(info.value, crossq_gpu.Interrupted)
+    assert load_checkpoint(out)["counters"]["env_steps"] > 0
+
+
 # --- the README example (before any JAX env: XLA's threads slow torch's afterwards) ---
 
 
@@ -190,7 +224,7 @@ def test_brax_style_factory_on_the_cli(tmp_path):
     pytest.importorskip("jax")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "crossq_gpu.learner", "--env", "tests.test_api:point_mass", "--num-envs", "4",
          "--total-steps", "300", "--eval-every", "300", "--eval-episodes", "4", "--out", str(out),
