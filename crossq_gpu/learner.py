@@ -110,6 +110,8 @@ def flags_to_argv(flags: dict[str, Any]) -> list[str]:
         if isinstance(value, bool):
             argv.append(option if value else f"--no-{option[2:]}")
         elif isinstance(value, (list, tuple)):
+            if key != "set":
+                raise ConfigError(f"{key}= takes one value, got {value!r}")
             argv += [f"{option}={item}" for item in value]
         else:
             argv.append(f"{option}={value}")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
 from crossq_gpu.config import Config, ConfigError, from_dict
-from crossq_gpu.envs.base import VecEnv
+from crossq_gpu.envs.base import VecEnv, make_env
 from crossq_gpu.networks import build_actor
 
 
@@ -121,8 +121,6 @@ def load_policy(run_dir_or_checkpoint: str | Path, device: str | torch.device = 
 
 
 def _spec_from_env(cfg: Config) -> EnvSpec:
-    from crossq_gpu.envs import make_env
-
     env = make_env(cfg.env.name, 1, "cpu", backend=cfg.env.backend, episode_length=cfg.env.episode_length)
     try:
         return EnvSpec.of(env)

@@ -252,6 +252,8 @@ def test_brax_style_factory_on_the_cli(tmp_path):
     (Point, None, {"algo": "ppo"}, ConfigError, "invalid choice: 'ppo'"),
     (Point, None, {"num_envs": "many"}, ConfigError, "invalid int value: 'many'"),
     (Point, None, {"num_envs": 0}, ConfigError, "env.num_envs must be >= 1"),
+    (Point, None, {"seed": [1, 2]}, ConfigError, "seed= takes one value"),
+    (Point, None, {"set": ["agent.memory.bogus=1"]}, ConfigError, "agent.memory.bogus"),
     (Point(), None, {"num_envs": 4}, ConfigError, "num_envs=4, but env python:tests.test_api.Point holds 1"),
     (Point(), None, {"eval_every": 100}, ConfigError, "no second copy to evaluate on"),
     (42, None, {}, EnvSourceError, "env must be a name, a VecEnv, a gymnasium.Env"),

@@ -129,10 +129,9 @@ def _import_gym_namespace(env_id: str) -> None:
         return
     try:
         importlib.import_module(namespace)
-    except ModuleNotFoundError as exc:
-        if exc.name != namespace and not namespace.startswith(f"{exc.name}."):
-            raise EnvSourceError(f"gym:{env_id}: importing {namespace} failed ({one_line(exc)})") from None
     except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name == namespace or namespace.startswith(f"{exc.name}.")):
+            return
         raise EnvSourceError(f"gym:{env_id}: importing {namespace} failed ({one_line(exc)})") from None
 
 
