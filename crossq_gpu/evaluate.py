@@ -6,17 +6,25 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
+from crossq_gpu.checkpoint import CheckpointError
 from crossq_gpu.config import ConfigError, from_dict
 from crossq_gpu.envs import VecEnv, make_env
 from crossq_gpu.networks import Agent, build_agent
+from crossq_gpu.policy import load_policy
+
+
+class Actor(Protocol):
+    """An Agent or a loaded Policy: actions as VecEnv.step takes them."""
+
+    def act(self, obs: torch.Tensor, deterministic: bool = ...) -> torch.Tensor: ...
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, env: VecEnv, seed: int) -> tuple[float, float, int]:
+def evaluate(agent: Actor, env: VecEnv, seed: int) -> tuple[float, float, int]:
     """Mean and std of the return of the first episode of each of env's num_envs envs."""
     obs = env.reset(seed=seed)
     returns = torch.zeros(env.num_envs, device=env.device)
@@ -29,7 +37,7 @@ def evaluate(agent: Agent, env: VecEnv, seed: int) -> tuple[float, float, int]:
     return float(returns.mean()), float(std), env.num_envs
 
 
-def record_video(agent: Agent, env: VecEnv, seed: int, path: Path) -> None:
+def record_video(agent: Actor, env: VecEnv, seed: int, path: Path) -> None:
     """One deterministic episode rendered to a video file (Gymnasium envs)."""
     import imageio.v2 as imageio
 
@@ -44,6 +52,7 @@ def record_video(agent: Agent, env: VecEnv, seed: int, path: Path) -> None:
 
 
 def load_agent(payload: dict, env: VecEnv) -> Agent:
+    """The whole Agent of a checkpoint payload, critics too (load_policy gives the actor alone)."""
     cfg = from_dict(payload["config"])
     agent = build_agent(cfg, env.obs_dim, env.act_dim, env.num_actions).to(env.device)
     agent.load_state_dict(payload["agent"])
@@ -62,18 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         p.error("--episodes must be >= 1")
     try:
-        payload = load_checkpoint(Path(args.checkpoint))
-        cfg = from_dict(payload["config"])
+        policy = load_policy(args.checkpoint, args.device)
+        cfg = policy.config
         env = make_env(cfg.env.name, args.episodes, torch.device(args.device), seed=args.seed,
                        backend=cfg.env.backend, episode_length=cfg.env.episode_length)
-        agent = load_agent(payload, env)
-        mean, std, episodes = evaluate(agent, env, seed=args.seed)
+        mean, std, episodes = evaluate(policy, env, seed=args.seed)
         if args.video:
             if not cfg.env.name.startswith("gym:"):
                 raise ValueError("--video records Gymnasium (gym:ID) envs only")
             video_env = make_env(cfg.env.name, 1, torch.device(args.device), seed=args.seed,
                                  render_mode="rgb_array")
-            record_video(agent, video_env, args.seed, Path(args.video))
+            record_video(policy, video_env, args.seed, Path(args.video))
     except (CheckpointError, ConfigError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,13 +12,14 @@ metrics, evaluations and the one checkpoint, which holds each rank's envs, RNG a
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,6 +34,7 @@ from crossq_gpu.envs import AsyncVecEnv, VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
 from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
 from crossq_gpu.networks import Agent, build_agent
+from crossq_gpu.policy import EnvSpec
 from crossq_gpu.update import Update, set_matmul_precision, target_entropy
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
@@ -46,15 +48,25 @@ class TrainingError(RuntimeError):
 # --- command line ---------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training between two steps, after writing the checkpoint."""
+
+
 class _Parser(argparse.ArgumentParser):
+    raise_errors = False  # the Python API wants a ConfigError, not an exit
+
     def error(self, message: str) -> None:  # one line, not usage + error
+        if self.raise_errors:
+            raise ConfigError(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, *, raise_errors: bool = False) -> argparse.Namespace:
     p = _Parser(prog="python -m crossq_gpu.learner",
                 description="Train CrossQ (or the SAC baseline) on Brax/MJX or Gymnasium envs.")
-    p.add_argument("--env", help="env name: ant, halfcheetah, … (Brax), gym:ID, playground:NAME")
+    p.raise_errors = raise_errors
+    p.add_argument("--env", help="env name: ant, halfcheetah, … (Brax), gym:ID, gym:package/ID, "
+                                 "playground:NAME, or package.module:factory (your own env)")
     p.add_argument("--num-envs", type=int, help="environments stepped together")
     p.add_argument("--backend", help="Brax backend: generalized | mjx | spring | positional")
     p.add_argument("--algo", choices=["crossq", "sac"], help="CrossQ (default) or the SAC baseline")
@@ -83,6 +95,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def flags_to_argv(flags: dict[str, Any]) -> list[str]:
+    """Python keywords (num_envs=8, compile=False, set=["a.b=1"]) as the command line they stand for.
+
+    Parsed by parse_args, they get the CLI's types, choices and field paths. env, config
+    and out are crossq_gpu.train's own parameters; None means not given.
+    """
+    known = sorted(set(vars(parse_args([]))) - {"env", "config", "out"})
+    argv = []
+    for key, value in flags.items():
+        if key not in known:
+            raise ConfigError(f"unknown flag {key}= (known: {', '.join(known)})")
+        option = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(option if value else f"--no-{option[2:]}")
+        elif isinstance(value, (list, tuple)):
+            if key != "set":
+                raise ConfigError(f"{key}= takes one value, got {value!r}")
+            argv += [f"{option}={item}" for item in value]
+        else:
+            argv.append(f"{option}={value}")
+    return argv
+
+
 FLAG_FIELDS = {
     "env": "env.name", "num_envs": "env.num_envs", "backend": "env.backend",
     "total_steps": "run.total_steps", "seed": "run.seed", "device": "run.device",
@@ -92,17 +129,36 @@ FLAG_FIELDS = {
 }
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[Config, str]:
-    """Preset < --config (or the resumed run's config.yaml) < flags and --set."""
-    flags = {path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None = None) -> tuple[Config, str]:
+    """Preset < --config (or the resumed run's config.yaml, or config_tree) < flags and --set.
+
+    config_tree, a nested (partial) dict from the Python API, enters as one flag per leaf
+    placed before the real flags: the same result as merging it over the preset.
+    """
+    if config_tree is not None and not isinstance(config_tree, dict):
+        raise ConfigError(f"config must be a dict or a YAML file path, got {type(config_tree).__name__}")
+    flags = _leaves(config_tree or {})
+    flags.update({path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None})
     if args.algo is not None:
         flags["agent.algorithm.name"] = "CrossQ" if args.algo == "crossq" else "SAC"
     config_file = args.config
     if args.resume is not None:
-        if args.config is not None:
-            raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
+        if args.config is not None or config_tree:
+            raise ConfigError("--resume continues with the run's own config.yaml; drop --config (config=)")
         config_file = str(Path(args.resume) / "config.yaml")
     return config_mod.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags)
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: dotted path -> value for every non-dict leaf."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,13 +200,16 @@ class Counters:
 class Run:
     """One training run (one rank's part of it, under torchrun): builds every piece and owns the loop."""
 
-    def __init__(self, cfg: Config, out_dir: Path, device: torch.device, ranks: Ranks = Ranks()) -> None:
+    def __init__(self, cfg: Config, out_dir: Path, device: torch.device, ranks: Ranks = Ranks(),
+                 env_maker: Callable[..., VecEnv] | None = None) -> None:
+        """env_maker: make_env without the name (the user's own env object); default: by cfg.env.name."""
         self.cfg, self.out_dir, self.device, self.ranks = cfg, out_dir, device, ranks
         run, alg = cfg.run, cfg.agent.algorithm
         torch.manual_seed(run.seed)
         set_matmul_precision(device)
-        self.env: VecEnv = make_env(cfg.env.name, cfg.env.num_envs, device, seed=run.seed + ranks.rank,
-                                    backend=cfg.env.backend, episode_length=cfg.env.episode_length)
+        self.make_env = env_maker or functools.partial(make_env, cfg.env.name)
+        self.env: VecEnv = self.make_env(cfg.env.num_envs, device, seed=run.seed + ranks.rank,
+                                         backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         self.discrete = self.env.num_actions is not None
         alg.action_pdtype = "Categorical" if self.discrete else "Normal"
         self.agent: Agent = build_agent(cfg, self.env.obs_dim, self.env.act_dim, self.env.num_actions).to(device)
@@ -284,8 +343,8 @@ class Run:
     def _evaluate(self, writer: MetricsWriter) -> None:
         cfg, c = self.cfg, self.counters
         if self.eval_env is None:
-            self.eval_env = make_env(cfg.env.name, cfg.run.eval_episodes, self.device, seed=cfg.run.seed + 1,
-                                     backend=cfg.env.backend, episode_length=cfg.env.episode_length)
+            self.eval_env = self.make_env(cfg.run.eval_episodes, self.device, seed=cfg.run.seed + 1,
+                                          backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         c.evals += 1
         if self.device.type == "cuda":  # JAX may reuse buffers that torch has only queued reads of
             torch.cuda.current_stream(self.device).synchronize()
@@ -329,7 +388,8 @@ class Run:
         failed = None
         if self.ranks.main:
             try:
-                save_checkpoint({"config": config_mod.to_dict(self.cfg), "agent": self.agent.state_dict(),
+                save_checkpoint({"config": config_mod.to_dict(self.cfg), "env_spec": EnvSpec.of(self.env).to_dict(),
+                                 "agent": self.agent.state_dict(),
                                  "update": self.update.state_dict(), "counters": vars(self.counters).copy(),
                                  "world_size": self.ranks.world, "ranks": every_rank}, self.checkpoint_path)
             except OSError as exc:  # a full disk, a lost permission: the previous file is intact
@@ -376,13 +436,16 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def train_from_args(args: argparse.Namespace, config_tree: dict[str, Any] | None = None,
+                    env_maker: Callable[..., VecEnv] | None = None) -> Run:
+    """Resolve the config, build the run, restore it on --resume, train, save: what main() and
+    crossq_gpu.train share. Bad input raises ConfigError, CheckpointError or ValueError (a bad
+    config before the out dir is made), a NaN/Inf loss TrainingError, Ctrl-C Interrupted."""
     main_rank = distributed.env_rank() == 0  # every rank meets the same bad input; one says so
     ranks = Ranks()
     try:
         distributed.pin_local_gpu()
-        cfg, preset = resolve_config(args)
+        cfg, preset = resolve_config(args, config_tree)
         device = resolve_device(cfg.run.device)
         payload = load_checkpoint(Path(args.resume)) if args.resume else None
         out_dir = Path(args.resume or args.out or default_out_dir(cfg))
@@ -397,21 +460,31 @@ def main(argv: list[str] | None = None) -> int:
             if preset == "cpu":
                 print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
                       f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)
-        run = Run(cfg, out_dir, device, ranks)
+        run = Run(cfg, out_dir, device, ranks, env_maker)
         if payload is not None:
             run.restore(payload)
         if ranks.main:
             config_mod.save_yaml(run.cfg, out_dir / "config.yaml")
         if not run.train():
-            return EXIT_INTERRUPTED
+            raise Interrupted(f"stopped at env step {run.counters.env_steps}; checkpoint in {run.checkpoint_path}")
+    finally:
+        distributed.stop(ranks)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    main_rank = distributed.env_rank() == 0
+    try:
+        run = train_from_args(args)
+    except Interrupted:
+        return EXIT_INTERRUPTED
     except TrainingError as exc:
         return _fail(exc, EXIT_NONFINITE, main_rank)
     except (ConfigError, CheckpointError, ValueError) as exc:
         return _fail(exc, EXIT_USAGE, main_rank or isinstance(exc, distributed.RankSetupError))
-    finally:
-        distributed.stop(ranks)
     if main_rank:
-        print(f"done: {run.counters.env_steps} env steps; results in {out_dir}")
+        print(f"done: {run.counters.env_steps} env steps; results in {run.out_dir}")
     return 0
 
 

@@ -170,6 +170,14 @@ class CategoricalActor(nn.Module):
         return gumbel_max_sample(log_probs)
 
 
+def build_actor(obs_dim: int, act_dim: int | None, num_actions: int | None, cfg: ActorNetConfig,
+                brn: BatchRenormConfig) -> GaussianActor | CategoricalActor:
+    """The actor alone: what the Agent trains and what a loaded Policy runs."""
+    if num_actions is not None:
+        return CategoricalActor(obs_dim, num_actions, cfg, brn)
+    return GaussianActor(obs_dim, act_dim, cfg, brn)
+
+
 class Agent(nn.Module):
     """Everything that learns: actor, critics, SAC's target critics and log α."""
 
@@ -178,11 +186,7 @@ class Agent(nn.Module):
                  alpha_init: float) -> None:
         super().__init__()
         self.discrete = num_actions is not None
-        brn = critic_cfg.batch_renorm
-        if self.discrete:
-            self.actor: nn.Module = CategoricalActor(obs_dim, num_actions, actor_cfg, brn)
-        else:
-            self.actor = GaussianActor(obs_dim, act_dim, actor_cfg, brn)
+        self.actor = build_actor(obs_dim, act_dim, num_actions, actor_cfg, critic_cfg.batch_renorm)
         crossq = algorithm == "CrossQ"
         self.critic = CriticEnsemble(obs_dim, act_dim or 0, num_actions, critic_cfg, use_brn=crossq)
         self.critic_target = None

@@ -1,23 +1,34 @@
 """The one environment protocol the learner sees, and the name → backend dispatch.
 
-Names: `gym:ID` (Gymnasium, CPU vector env, also the discrete path), `playground:NAME`
-(MuJoCo Playground DMC envs, if installed), anything else a Brax env name. Backend modules
-are imported lazily so that `import crossq_gpu` never imports JAX.
+Names: `gym:ID` (Gymnasium, CPU vector env, also the discrete path; `gym:package/Env-v0`
+imports `package` first, for its gym.register calls), `playground:NAME` (MuJoCo Playground
+DMC envs, if installed), `package.module:factory` (the user's own env, built by calling
+the factory), anything else a Brax env name. Backend modules are imported lazily so that
+`import crossq_gpu` never imports JAX.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import re
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 GYM_PREFIX = "gym:"
 PLAYGROUND_PREFIX = "playground:"
+# config.yaml's env.name for an env object handed to crossq_gpu.train that no name rebuilds.
+PYTHON_PREFIX = "python:"
+FACTORY_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 class UnknownEnvError(ValueError):
     """An env name no backend knows; the message lists the known names."""
+
+
+class EnvSourceError(ValueError):
+    """The user's own env (an object, a factory or its module:factory name) cannot be built."""
 
 
 @runtime_checkable
@@ -30,6 +41,10 @@ class VecEnv(Protocol):
     never also terminated) and info with info["final_obs"] [N, obs_dim]: the true last
     observation where terminated | truncated and equal to obs elsewhere, so s' is always
     info["final_obs"]. Returned tensors may share memory with the env: treat them as read-only.
+
+    Optional: `action_low` / `action_high` ([act_dim] arrays, the bounds [-1, 1] is scaled
+    onto; [-1, 1] when absent) and `action_start` (discrete: the env's first action, 0 when
+    absent), which checkpoints record so that a loaded policy acts in the env's own units.
     """
 
     num_envs: int
@@ -102,9 +117,36 @@ def make_env(name: str, num_envs: int, device: torch.device | str = "cpu", seed:
     if name.startswith(GYM_PREFIX):
         from crossq_gpu.envs.gymnasium import GymVecEnv
         kwargs.pop("episode_length", None)
+        _import_gym_namespace(name[len(GYM_PREFIX):])
         return GymVecEnv(name[len(GYM_PREFIX):], num_envs, device, seed, **kwargs)
     if name.startswith(PLAYGROUND_PREFIX):
         from crossq_gpu.envs.playground import make_playground_env
         return make_playground_env(name[len(PLAYGROUND_PREFIX):], num_envs, device, seed, **kwargs)
+    if name.startswith(PYTHON_PREFIX):
+        raise EnvSourceError(f"{name} was an env object passed to crossq_gpu.train, which no name rebuilds: "
+                             "pass the object to crossq_gpu.train again, or name a factory as module:function")
+    if FACTORY_NAME.fullmatch(name):
+        from crossq_gpu.envs.custom import source_from_name
+        return source_from_name(name).make(num_envs, device, seed, backend=backend, **kwargs)
     from crossq_gpu.envs.brax import make_brax_env
     return make_brax_env(name, num_envs, device, seed, backend, **kwargs)
+
+
+def _import_gym_namespace(env_id: str) -> None:
+    """`package/Env-v0`: import `package` for its gym.register side effects (a namespace that
+    is no module, like ALE, is left to gymnasium)."""
+    namespace, sep, _ = env_id.rpartition("/")
+    if not sep:
+        return
+    try:
+        importlib.import_module(namespace)
+    except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name == namespace or namespace.startswith(f"{exc.name}.")):
+            return
+        raise EnvSourceError(f"gym:{env_id}: importing {namespace} failed ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for errors that must stay one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__

@@ -158,6 +158,7 @@ class JaxVecEnv:
         self.act_dim: int | None = int(env.action_size)
         self.num_actions: int | None = None
         self.max_episode_steps: int | None = episode_length
+        self.action_low, self.action_high = ctrl_range[:, 0], ctrl_range[:, 1]
         self.device = torch.device(device)
         self.seed = seed
         self.jax_device = jax_device_for(self.device)

@@ -9,7 +9,7 @@ the sub-envs must be reachable for render() and state_dict().
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -30,20 +30,25 @@ class GymVecEnv:
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, seed: int = 0, *,
                  render_mode: str | None = None, max_episode_steps: int | None = None,
-                 **make_kwargs: Any) -> None:
-        try:
-            spec = gym.spec(env_id)
-        except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:
-            raise unknown_env(GYM_PREFIX + env_id, f" ({exc})") from None
+                 make_one: Callable[[], gym.Env] | None = None, **make_kwargs: Any) -> None:
+        """make_one builds each sub-env instead of gym.make(env_id) (the user's own env or
+        factory); env_id is then only the label that state_dict() checks."""
+        if make_one is None:
+            try:
+                gym.spec(env_id)
+            except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:
+                raise unknown_env(GYM_PREFIX + env_id, f" ({exc})") from None
+
+            def make_one() -> gym.Env:
+                return gym.make(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps,
+                                **make_kwargs)
         self.env_id = env_id
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.seed = seed
-        self.max_episode_steps = max_episode_steps or spec.max_episode_steps
-        self.vec = SyncVectorEnv(
-            [lambda: gym.make(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps,
-                              **make_kwargs) for _ in range(num_envs)],
-            autoreset_mode=AutoresetMode.SAME_STEP)
+        self.vec = SyncVectorEnv([make_one] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        spec = self.vec.envs[0].spec
+        self.max_episode_steps = max_episode_steps or (spec.max_episode_steps if spec else None)
         self.render_fps: int = self.vec.metadata.get("render_fps") or 30
 
         obs_space, act_space = self.vec.single_observation_space, self.vec.single_action_space
@@ -54,15 +59,15 @@ class GymVecEnv:
         self.num_actions: int | None = None
         if isinstance(act_space, gym.spaces.Discrete):
             self.num_actions = int(act_space.n)
-            self._act_start = int(act_space.start)
+            self.action_start = int(act_space.start)
         elif isinstance(act_space, gym.spaces.Box):
             if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
                 raise ValueError(f"gym:{env_id}: action bounds must be finite to scale [-1, 1] onto them")
             self.act_dim = int(np.prod(act_space.shape))
             self._act_shape = act_space.shape
             self._act_dtype = act_space.dtype
-            self._low = act_space.low.astype(np.float64).reshape(-1)
-            self._high = act_space.high.astype(np.float64).reshape(-1)
+            self.action_low = act_space.low.astype(np.float64).reshape(-1)
+            self.action_high = act_space.high.astype(np.float64).reshape(-1)
         else:
             raise ValueError(f"gym:{env_id}: only Box and Discrete action spaces are supported, got {act_space}")
 
@@ -76,9 +81,9 @@ class GymVecEnv:
         """[-1, 1] → [low, high] (continuous; clipped first), or index + start (discrete)."""
         a = action.detach().cpu().numpy()
         if self.num_actions is not None:
-            return a.astype(np.int64).reshape(self.num_envs) + self._act_start
+            return a.astype(np.int64).reshape(self.num_envs) + self.action_start
         a = np.clip(a.reshape(self.num_envs, -1).astype(np.float64), -1.0, 1.0)
-        a = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
         return a.astype(self._act_dtype).reshape((self.num_envs, *self._act_shape))
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
