@@ -458,8 +458,10 @@ def train_from_args(args: argparse.Namespace, config_tree: dict[str, Any] | None
                   f"({scale} envs), device {device}, out {out_dir}", flush=True)
             print(f"crossq_gpu: {config_mod.describe_regime(cfg)}", flush=True)
             if preset == "cpu":
-                print("crossq_gpu: no CUDA device: using the cpu preset (critics 256x256; default task "
-                      f"{config_mod.PRESETS['cpu']['env']['name']}, learns in a few minutes on 2 cores)", flush=True)
+                default_task = config_mod.PRESETS["cpu"]["env"]["name"]
+                task = (f"; default task {default_task}, learns in a few minutes on 2 cores"
+                        if cfg.env.name == default_task else "")
+                print(f"crossq_gpu: no CUDA device: using the cpu preset (critics 256x256{task})", flush=True)
         run = Run(cfg, out_dir, device, ranks, env_maker)
         if payload is not None:
             run.restore(payload)
