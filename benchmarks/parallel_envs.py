@@ -90,9 +90,10 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     out = RUNS_DIR / spec.name
     cmd = command(spec)
     marker = out / "run.json"
-    if marker.exists() and (done := json.loads(marker.read_text()))["cmd"] == cmd:
+    if finished(spec):
         print(f"reuse  {spec.name}", flush=True)
-        return {**asdict(spec), **curve(out / "metrics.jsonl"), **done["process"], **summary_of(spec)}
+        process = json.loads(marker.read_text())["process"]
+        return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     print(f"start  {spec.name}", flush=True)
@@ -111,6 +112,11 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     process = {"process_s": round(elapsed, 1), "stopped_at_budget": stopped}
     marker.write_text(json.dumps({"cmd": cmd, "process": process}, indent=2))
     return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}
+
+
+def finished(spec: Spec) -> bool:
+    marker = RUNS_DIR / spec.name / "run.json"
+    return marker.exists() and json.loads(marker.read_text())["cmd"] == command(spec)
 
 
 def summary_of(spec: Spec) -> dict[str, Any]:
@@ -260,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=600, help="wall-clock cap of one sweep run")
     p.add_argument("--target-budget-s", type=float, default=2400, help="wall-clock cap of one target run")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (CPU: one per core)")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: rebuild the JSON, plot and table from the planned runs that finished")
     args = p.parse_args(argv)
     args.device = "cuda" if args.gpu else "cpu"
     args.envs = args.envs or (["ant", "humanoid"] if args.gpu else ["halfcheetah", "ant"])
@@ -274,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     specs = plan(args)
+    if args.report:
+        specs = [(spec, budget) for spec, budget in specs if finished(spec)]
     rows: list[dict[str, Any]] = []
     meta = {"grad_steps": args.grad_steps, "target_grad_steps": args.target_grad_steps, "seeds": args.seeds,
             "jobs": args.jobs, "threads_per_run": 1 if args.device == "cpu" else None,
