@@ -33,13 +33,7 @@ TINY = {"agent": {"critic_net": {"hidden": [32, 32]}, "net": {"hidden": [32, 32]
 FAST = {"device": "cpu", "compile": False, "log_every": 100, "preset": "cpu"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These nets are tiny: a second thread only spins, and on a busy 2-core machine costs ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Point(gym.Env):

@@ -13,13 +13,7 @@ from tests.small_run import SMALL
 OBS = torch.rand(37, 3) * 4.0 - 2.0  # Pendulum-v1 and CartPole-v1 obs are 3- and 4-dimensional
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These nets are tiny: a second thread only spins, and on a busy 2-core machine costs ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

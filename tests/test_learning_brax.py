@@ -8,14 +8,12 @@ in 47 s) and ~2.7 min beside another run on a busy machine, Brax compile include
 gets one thread: on two cores it and XLA otherwise spin against each other.
 """
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from crossq_gpu import learner
+from tests.small_run import rows
 
 pytest.importorskip("brax")
 pytestmark = [pytest.mark.learning, pytest.mark.timeout(480)]
@@ -29,19 +27,10 @@ BRAX_INVERTED_PENDULUM = [
 ]
 
 
-@pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_crossq_learns_brax_inverted_pendulum(tmp_path: Path, one_torch_thread: None) -> None:
     out = tmp_path / "run"
     assert learner.main([*BRAX_INVERTED_PENDULUM, "--seed", "0", "--out", str(out)]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["return_mean"] for r in rows if r["kind"] == "eval"]
+    returns = [r["return_mean"] for r in rows(out) if r["kind"] == "eval"]
     assert max(returns) >= 900, f"eval returns {returns}"
 
 
@@ -59,6 +48,5 @@ BRAX_64_ENVS = [
 def test_crossq_learns_brax_inverted_pendulum_with_64_envs(tmp_path: Path, one_torch_thread: None) -> None:
     out = tmp_path / "run"
     assert learner.main([*BRAX_64_ENVS, "--seed", "0", "--out", str(out)]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["return_mean"] for r in rows if r["kind"] == "eval"]
+    returns = [r["return_mean"] for r in rows(out) if r["kind"] == "eval"]
     assert max(returns) >= 150, f"eval returns {returns}"
