@@ -221,7 +221,7 @@ def many_envs(num_envs: int, cuda: bool, env: str, total_steps: int | None = Non
     start = max(5000, rule["start_batches"] * batch)
     if total_steps is None:
         total_steps = start + rule["grad_steps"][device] * every // iters * num_envs
-    grad_steps = max(total_steps - start, 0) // num_envs // every * iters
+    grad_steps = gradient_steps(total_steps, start, num_envs, every, iters)
     out: dict[str, Any] = {
         "agent": {
             "algorithm": {"training_iter": iters, "training_frequency": every,
@@ -239,6 +239,11 @@ def many_envs(num_envs: int, cuda: bool, env: str, total_steps: int | None = Non
     return out
 
 
+def gradient_steps(total_steps: int, start: int, num_envs: int, frequency: int, iters: int) -> int:
+    """Gradient steps a run makes: updates begin after `start` env steps of random actions."""
+    return max(total_steps - start, 0) // num_envs // frequency * iters
+
+
 def describe_regime(cfg: Config) -> str:
     """The settings that depend on num_envs, as the resolved config has them (one line)."""
     alg, n = cfg.agent.algorithm, cfg.env.num_envs
@@ -246,8 +251,8 @@ def describe_regime(cfg: Config) -> str:
     ratio = batch * alg.training_iter / (n * alg.training_frequency)
     updates = (f"{alg.training_iter} update(s) per vector step" if alg.training_frequency == 1
                else f"1 update per {alg.training_frequency} vector steps")
-    vector = max(cfg.run.total_steps - alg.training_start_step, 0) // n
-    grads = vector // alg.training_frequency * alg.training_iter
+    grads = gradient_steps(cfg.run.total_steps, alg.training_start_step, n, alg.training_frequency,
+                           alg.training_iter)
     every = ", ".join(f"{name} {getattr(cfg.run, name + '_every') / n:g}"
                       for name in ("eval", "log", "checkpoint"))
     return (f"regime: {n} envs, batch {batch}, {updates}, replay ratio {ratio:g}, "
