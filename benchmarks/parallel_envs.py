@@ -39,7 +39,8 @@ from matplotlib.figure import Figure
 
 from benchmarks.common import print_table, save_png, write_json
 from benchmarks.time_to_return import child_env
-from crossq_gpu import config as config_mod
+from crossq_gpu import configure
+from crossq_gpu.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "parallel_envs"
@@ -64,8 +65,8 @@ class Spec:
         return f"{self.part}-{self.env}-{self.num_envs}-{self.algo}-{self.seed}"
 
 
-def regime(spec: Spec) -> config_mod.Config:
-    cfg, _ = config_mod.build_config("auto", spec.device == "cuda",
+def regime(spec: Spec) -> Config:
+    cfg, _ = configure.build_config("auto", spec.device == "cuda",
                                      flags={"env.name": spec.env, "env.num_envs": spec.num_envs})
     return cfg
 
@@ -121,7 +122,7 @@ def finished(spec: Spec) -> bool:
 
 def summary_of(spec: Spec) -> dict[str, Any]:
     cfg = regime(spec)
-    return {"batch_size": cfg.agent.memory.batch_size, "regime": config_mod.describe_regime(cfg)}
+    return {"batch_size": cfg.agent.memory.batch_size, "regime": configure.describe_regime(cfg)}
 
 
 def curve(metrics: Path) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     meta = {"grad_steps": args.grad_steps, "target_grad_steps": args.target_grad_steps, "seeds": args.seeds,
             "jobs": args.jobs, "threads_per_run": 1 if args.device == "cpu" else None,
-            "rule": config_mod.MANY_ENVS}
+            "rule": configure.MANY_ENVS}
 
     def report() -> list[dict[str, Any]]:
         lines = summary(rows)

@@ -45,7 +45,7 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.common import print_table, save_png, write_json
-from crossq_gpu import config as config_mod
+from crossq_gpu import configure
 
 RUNS_DIR = Path(__file__).resolve().parent / "runs"
 
@@ -118,7 +118,7 @@ def preset_training_iter(task: Task) -> int:
     preset = task.args[task.args.index("--preset") + 1]
     sets = [task.args[i + 1] for i, a in enumerate(task.args) if a == "--set"]
     num_envs = int(task.args[task.args.index("--num-envs") + 1])
-    cfg, _ = config_mod.build_config(preset, cuda_available=True, overrides=sets,
+    cfg, _ = configure.build_config(preset, cuda_available=True, overrides=sets,
                                      flags={"env.name": task.env, "env.num_envs": num_envs})
     return cfg.agent.algorithm.training_iter
 

@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.common import print_table, save_png, write_json
 from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import build_config
+from crossq_gpu.configure import build_config
 from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, set_matmul_precision, target_entropy

@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.common import print_table, save_png, write_json
-from crossq_gpu import config as config_mod
+from crossq_gpu import configure
 from crossq_gpu.learner import Run, resolve_device
 
 
@@ -39,7 +39,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace, device: torch.device, overlap: bool, out: Path) -> Run:
-    cfg, _ = config_mod.build_config("auto", device.type == "cuda", flags={
+    cfg, _ = configure.build_config("auto", device.type == "cuda", flags={
         "env.name": args.env, "env.num_envs": args.num_envs, "run.device": device.type,
         "run.eval_every": 0, "run.checkpoint_every": 0, "run.overlap": overlap,
         "run.log_every": args.num_envs})
@@ -92,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {overlap: build(args, device, overlap, Path(tmp) / str(overlap)) for overlap in (False, True)}
-        regime = config_mod.describe_regime(runs[False].cfg)
+        regime = configure.describe_regime(runs[False].cfg)
         samples: dict[str, list[float]] = {"env": [], "updates": [], "loop": [], "loop_overlap": []}
         for _ in range(args.rounds):
             for overlap, run in runs.items():

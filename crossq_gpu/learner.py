@@ -23,12 +23,11 @@ from typing import Any, Callable
 
 import torch
 
-from crossq_gpu import config as config_mod
-from crossq_gpu import distributed
+from crossq_gpu import configure, distributed
 from crossq_gpu.buffer import make_buffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from crossq_gpu.config import Config, ConfigError
+from crossq_gpu.config import Config, ConfigError, to_dict
 from crossq_gpu.distributed import Ranks
 from crossq_gpu.envs import AsyncVecEnv, VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None = None, *, raise_errors: bool = False) -> 
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--preset", default="auto",
                    help="auto (paper on CUDA, cpu otherwise, with the many-env regime for --num-envs "
-                        f"above 1: docs/regime.md) or one of: {', '.join(config_mod.PRESETS)}")
+                        f"above 1: docs/regime.md) or one of: {', '.join(configure.PRESETS)}")
     p.add_argument("--config", metavar="FILE", help="YAML config merged over the preset")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override any field, value parsed as YAML (repeatable), "
@@ -146,7 +145,7 @@ def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None 
         if args.config is not None or config_tree:
             raise ConfigError("--resume continues with the run's own config.yaml; drop --config (config=)")
         config_file = str(Path(args.resume) / "config.yaml")
-    return config_mod.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags)
+    return configure.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags)
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,7 +218,7 @@ class Run:
             torch.manual_seed(run.seed + ranks.rank)
         action_shape = () if self.discrete else (self.env.act_dim,)
         mem = cfg.agent.memory
-        per = {} if mem.name == "Replay" else config_mod.to_dict(mem.prioritized)
+        per = {} if mem.name == "Replay" else to_dict(mem.prioritized)
         self.buffer = make_buffer(mem.name, obs_dim=self.env.obs_dim, action_shape=action_shape,
                                   max_size=mem.max_size, num_envs=cfg.env.num_envs, device=device,
                                   action_dtype=torch.int64 if self.discrete else torch.float32, **per)
@@ -388,7 +387,7 @@ class Run:
         failed = None
         if self.ranks.main:
             try:
-                save_checkpoint({"config": config_mod.to_dict(self.cfg), "env_spec": EnvSpec.of(self.env).to_dict(),
+                save_checkpoint({"config": to_dict(self.cfg), "env_spec": EnvSpec.of(self.env).to_dict(),
                                  "agent": self.agent.state_dict(),
                                  "update": self.update.state_dict(), "counters": vars(self.counters).copy(),
                                  "world_size": self.ranks.world, "ranks": every_rank}, self.checkpoint_path)
@@ -456,9 +455,9 @@ def train_from_args(args: argparse.Namespace, config_tree: dict[str, Any] | None
             scale = f"{ranks.world} ranks x {cfg.env.num_envs}" if ranks.world > 1 else f"{cfg.env.num_envs}"
             print(f"crossq_gpu: preset {preset}, {cfg.agent.algorithm.name} on {cfg.env.name} "
                   f"({scale} envs), device {device}, out {out_dir}", flush=True)
-            print(f"crossq_gpu: {config_mod.describe_regime(cfg)}", flush=True)
+            print(f"crossq_gpu: {configure.describe_regime(cfg)}", flush=True)
             if preset == "cpu":
-                default_task = config_mod.PRESETS["cpu"]["env"]["name"]
+                default_task = configure.PRESETS["cpu"]["env"]["name"]
                 task = (f"; default task {default_task}, learns in a few minutes on 2 cores"
                         if cfg.env.name == default_task else "")
                 print(f"crossq_gpu: no CUDA device: using the cpu preset (critics 256x256{task})", flush=True)
@@ -466,7 +465,7 @@ def train_from_args(args: argparse.Namespace, config_tree: dict[str, Any] | None
         if payload is not None:
             run.restore(payload)
         if ranks.main:
-            config_mod.save_yaml(run.cfg, out_dir / "config.yaml")
+            configure.save_yaml(run.cfg, out_dir / "config.yaml")
         if not run.train():
             raise Interrupted(f"stopped at env step {run.counters.env_steps}; checkpoint in {run.checkpoint_path}")
     finally:

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from crossq_gpu.config import (Config, ConfigError, PRESETS, build_config, from_dict, load_yaml, save_yaml,
-                               set_dotted, to_dict)
+from crossq_gpu.config import Config, ConfigError, from_dict, to_dict
+from crossq_gpu.configure import PRESETS, build_config, load_yaml, save_yaml, set_dotted
 
 
 def test_paper_preset_matches_the_paper_defaults():

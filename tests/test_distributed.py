@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from crossq_gpu import learner
 from crossq_gpu.buffer import Batch
 from crossq_gpu.checkpoint import load_checkpoint
-from crossq_gpu.config import build_config
+from crossq_gpu.configure import build_config
 from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_batch_renorm
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
 from crossq_gpu.networks import build_agent

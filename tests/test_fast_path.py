@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import build_config
+from crossq_gpu.configure import build_config
 from crossq_gpu.kernels import BatchRenorm1d
 from crossq_gpu.networks import StackedLinear, build_agent, gumbel_max_sample
 from crossq_gpu.update import Update, target_entropy

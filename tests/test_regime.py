@@ -3,7 +3,8 @@
 import pytest
 
 from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import MANY_ENVS, Config, build_config, describe_regime
+from crossq_gpu.config import Config
+from crossq_gpu.configure import MANY_ENVS, build_config, describe_regime
 
 # Brax observation / action sizes: brax.envs.get_environment(name).observation_size / action_size (brax 0.14).
 BRAX_DIMS = {"ant": (27, 8), "halfcheetah": (17, 6), "humanoid": (244, 17)}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from crossq_gpu.buffer import Batch
-from crossq_gpu.config import build_config
+from crossq_gpu.configure import build_config
 from crossq_gpu.kernels import batch_renorm, triton_brn
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import build_config
+from crossq_gpu.configure import build_config
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
 
