@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 
 from benchmarks.common import print_table, save_png, write_json
 from crossq_gpu import configure
-from crossq_gpu.learner import Run, resolve_device
+from crossq_gpu.learner import resolve_device
+from crossq_gpu.training import Run
 
 
 def parse_args() -> argparse.Namespace:

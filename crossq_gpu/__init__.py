@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from crossq_gpu.checkpoint import CheckpointError
     from crossq_gpu.config import ConfigError
     from crossq_gpu.envs.base import EnvSourceError
-    from crossq_gpu.learner import Interrupted, TrainingError
+    from crossq_gpu.learner import Interrupted
     from crossq_gpu.policy import Policy, load_policy
+    from crossq_gpu.training import TrainingError
 
 _HOMES = {
     "train": "api", "TrainResult": "api", "load_policy": "policy", "Policy": "policy",
     "ConfigError": "config", "CheckpointError": "checkpoint", "EnvSourceError": "envs.base",
-    "TrainingError": "learner", "Interrupted": "learner",
+    "TrainingError": "training", "Interrupted": "learner",
 }
 __all__ = sorted(_HOMES)
 

@@ -24,6 +24,7 @@ from crossq_gpu import atomic, learner
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
 from crossq_gpu.distributed import Ranks
 from crossq_gpu.metrics import cut_records, describe_cut
+from crossq_gpu.training import Run
 from tests.small_run import SMALL, comparable, rows
 
 TOTAL = 2000
@@ -109,7 +110,7 @@ def test_ranks_that_read_different_checkpoints_refuse_to_resume(tmp_path):
     out = tmp_path / "run"
     assert learner.main([*SMALL, "--total-steps", "200", "--out", str(out)]) == 0
     cfg, _ = learner.resolve_config(learner.parse_args(["--resume", str(out)]))
-    run = learner.Run(cfg, out, torch.device("cpu"), OtherRankAtStart())
+    run = Run(cfg, out, torch.device("cpu"), OtherRankAtStart())
     with pytest.raises(CheckpointError, match="env steps 0 to 200: every rank must resume from the same"):
         run.restore(load_checkpoint(out))
 
