@@ -174,11 +174,14 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 
 
 def build_config(preset: str, cuda_available: bool, config_file: str | None = None,
-                 overrides: list[str] = (), flags: dict[str, Any] | None = None) -> tuple[Config, str]:
-    """Preset (+ the many-env regime under `auto`) < --config file < flags (dotted path → value)
-    < --set. Returns the config and the preset's name."""
+                 overrides: list[str] = (), flags: dict[str, Any] | None = None,
+                 tree: dict[str, Any] | None = None) -> tuple[Config, str]:
+    """Preset (+ the many-env regime under `auto`) < --config file, then `tree` (a nested, partial
+    dict: the Python API's config) < flags (dotted path → value) < --set. Returns the config and
+    the preset's name."""
     chosen = resolve_preset(preset, cuda_available)
     explicit: dict[str, Any] = load_yaml(config_file) if config_file is not None else {}
+    explicit = merge(explicit, tree or {})
     for path, value in (flags or {}).items():
         explicit = set_path(explicit, path, value)
     for assignment in overrides:

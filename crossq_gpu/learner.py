@@ -109,15 +109,11 @@ FLAG_FIELDS = {
 
 
 def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None = None) -> tuple[Config, str]:
-    """Preset < --config (or the resumed run's config.yaml, or config_tree) < flags and --set.
-
-    config_tree, a nested (partial) dict from the Python API, enters as one flag per leaf
-    placed before the real flags: the same result as merging it over the preset.
-    """
+    """Preset < --config (or the resumed run's config.yaml, or config_tree, the Python API's
+    nested partial dict) < flags and --set."""
     if config_tree is not None and not isinstance(config_tree, dict):
         raise ConfigError(f"config must be a dict or a YAML file path, got {type(config_tree).__name__}")
-    flags = _leaves(config_tree or {})
-    flags.update({path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None})
+    flags = {path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None}
     if args.algo is not None:
         flags["agent.algorithm.name"] = "CrossQ" if args.algo == "crossq" else "SAC"
     config_file = args.config
@@ -125,19 +121,8 @@ def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None 
         if args.config is not None or config_tree:
             raise ConfigError("--resume continues with the run's own config.yaml; drop --config (config=)")
         config_file = str(Path(args.resume) / "config.yaml")
-    return configure.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags)
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: dotted path -> value for every non-dict leaf."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
+    return configure.build_config(args.preset, torch.cuda.is_available(), config_file, args.set, flags,
+                                  config_tree)
 
 
 def resolve_device(name: str) -> torch.device:

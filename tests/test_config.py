@@ -77,3 +77,24 @@ def test_invalid_yaml_file(tmp_path):
     (tmp_path / "c.yaml").write_text("agent: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(tmp_path / "c.yaml")
+
+
+def test_each_layer_wins_over_the_one_below(tmp_path):
+    """Defaults < preset < file < tree (the Python API's dict) < flags < --set, one field per layer."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"agent": {"algorithm": {
+        "tau": 0.1, "policy_delay": 2, "gamma": 0.9, "training_iter": 5}}}))
+    tree = {"agent": {"algorithm": {"policy_delay": 4, "gamma": 0.95, "training_iter": 6}}}
+    flags = {"agent.algorithm.gamma": 0.97, "agent.algorithm.training_iter": 7}
+    cfg, _ = build_config("cpu", False, str(tmp_path / "c.yaml"), ["agent.algorithm.training_iter=8"], flags, tree)
+    alg = cfg.agent.algorithm
+    assert (alg.tau, alg.policy_delay, alg.gamma, alg.training_iter) == (0.1, 4, 0.97, 8)
+    assert cfg.agent.critic_net.hidden == [256, 256] and cfg.agent.memory.max_size == 1_000_000
+
+
+def test_a_tree_sets_the_many_env_regime_as_a_file_does(tmp_path):
+    given = {"env": {"num_envs": 16}, "run": {"total_steps": 50_000}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(given))
+    from_tree, _ = build_config("auto", False, tree=given)
+    from_file, _ = build_config("auto", False, str(tmp_path / "c.yaml"))
+    assert to_dict(from_tree) == to_dict(from_file)
+    assert from_tree.agent.algorithm.training_iter == 2 and from_tree.run.total_steps == 50_000  # 32 · 16 / 256
