@@ -186,14 +186,15 @@ def build_config(preset: str, cuda_available: bool, config_file: str | None = No
         explicit = set_path(explicit, path, value)
     for assignment in overrides:
         explicit = set_dotted(explicit, assignment)
-    tree = merge(to_dict(Config()), PRESETS[chosen])
+    base = merge(to_dict(Config()), PRESETS[chosen])
     if preset == "auto":
-        given = merge(tree, explicit)
+        given = merge(base, explicit)
         run = explicit.get("run", {}) if isinstance(explicit.get("run"), dict) else {}
+        total = None if run.get("total_steps") is None else _int(run["total_steps"], "run.total_steps")
         cuda = cuda_available and given["run"]["device"] != "cpu"
-        tree = merge(tree, many_envs(_int(given["env"]["num_envs"], "env.num_envs"), cuda,
-                                     str(given["env"]["name"]), run.get("total_steps")))
-    return from_dict(merge(tree, explicit)), chosen
+        base = merge(base, many_envs(_int(given["env"]["num_envs"], "env.num_envs"), cuda,
+                                     str(given["env"]["name"]), total))
+    return from_dict(merge(base, explicit)), chosen
 
 
 def _int(value: Any, path: str) -> int:

@@ -3,7 +3,7 @@
 import pytest
 
 from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import Config
+from crossq_gpu.config import Config, ConfigError
 from crossq_gpu.configure import MANY_ENVS, build_config, describe_regime
 
 # Brax observation / action sizes: brax.envs.get_environment(name).observation_size / action_size (brax 0.14).
@@ -67,3 +67,12 @@ def test_the_regime_line_says_what_was_chosen() -> None:
     line = describe_regime(auto("halfcheetah", 256, False))
     assert "256 envs, batch 2048, 4 update(s) per vector step, replay ratio 32" in line
     assert "BRN warmup 1000 gradient steps" in line and "eval 250, log 25, checkpoint 1250" in line
+
+
+def test_a_total_written_as_yaml_1e5_fixes_the_runs_length() -> None:
+    """YAML reads 1e5 as a string; the regime takes it as the number the config will hold."""
+    cfg, _ = build_config("auto", False, overrides=["env.num_envs=4", "run.total_steps=1e5"])
+    same, _ = build_config("auto", False, flags={"env.num_envs": 4, "run.total_steps": 100_000})
+    assert cfg.run.total_steps == 100_000 and cfg == same
+    with pytest.raises(ConfigError, match=r"run\.total_steps: expected a number"):
+        build_config("auto", False, overrides=["env.num_envs=4", "run.total_steps=ten"])
