@@ -21,14 +21,17 @@ from tqdm import tqdm
 
 from crossq_gpu.atomic import atomic_write
 
-# TensorBoard tag for each metrics.jsonl field (CleanRL-style namespaces).
-TB_TAGS = {
-    "return_mean": "charts/return_mean", "sps": "charts/sps", "ups": "charts/ups",
+# The update's metrics (what `Update.step` returns), each with its TensorBoard tag: a train row
+# holds their means over the gradient steps since the previous row. README's "What a run
+# writes" describes every field of both rows.
+UPDATE_TAGS = {
     "critic_loss": "losses/critic_loss", "actor_loss": "losses/actor_loss",
     "alpha": "losses/alpha", "q_mean": "losses/q_mean", "entropy": "losses/entropy",
 }
+TRAIN_FIELDS = tuple(UPDATE_TAGS)
+# TensorBoard tag for each metrics.jsonl field (CleanRL-style namespaces).
+TB_TAGS = {"return_mean": "charts/return_mean", "sps": "charts/sps", "ups": "charts/ups", **UPDATE_TAGS}
 EVAL_TAGS = {"return_mean": "eval/return_mean", "return_std": "eval/return_std"}
-TRAIN_FIELDS = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
 LOSS_FIELDS = ("critic_loss", "actor_loss")
 Reduce = Callable[[Tensor], Tensor]  # sums over data-parallel ranks (`Ranks.all_sum`); identity alone
 

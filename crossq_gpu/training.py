@@ -180,8 +180,7 @@ class Run:
         row = {"kind": "train", "env_steps": c.env_steps, "grad_steps": self.update.grad_steps,
                "wall_s": round(c.wall_s, 3), "sps": (c.env_steps - steps0) / elapsed,
                "ups": (self.update.grad_steps - grads0) / elapsed,
-               "return_mean": self.returns.read(self.ranks.all_sum),
-               **{k: means[k] for k in ("critic_loss", "actor_loss", "alpha", "q_mean")}}
+               "return_mean": self.returns.read(self.ranks.all_sum), **means}
         if writer is None:
             return now, c.env_steps, self.update.grad_steps
         writer.write(row)

@@ -7,10 +7,26 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crossq_gpu import learner, losses
 from crossq_gpu.checkpoint import load_checkpoint
 from tests.small_run import SMALL, comparable, rows
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_metrics() -> list[tuple[str, str, str]]:
+    """(field, row kind, TensorBoard tag or "") for each line of README's table of the metrics rows."""
+    lines = README.read_text().splitlines()
+    start = lines.index("| field | row | TensorBoard | meaning |") + 2
+    documented = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        name, kinds, tag = (cell.strip().strip("`") for cell in line.strip("|").split("|")[:3])
+        documented += [(name, kind.strip(), tag) for kind in kinds.split(",")]
+    return documented
 
 
 def test_outputs_and_metrics_rows(tmp_path):
@@ -22,8 +38,15 @@ def test_outputs_and_metrics_rows(tmp_path):
     evals = [r for r in rows(out) if r["kind"] == "eval"]
     assert [r["env_steps"] for r in train] == [100, 200, 300, 400, 500, 600]
     assert set(train[0]) == {"kind", "env_steps", "grad_steps", "wall_s", "sps", "ups", "return_mean",
-                             "critic_loss", "actor_loss", "alpha", "q_mean"}
+                             "critic_loss", "actor_loss", "alpha", "q_mean", "entropy"}
     assert train[0]["critic_loss"] is None and train[-1]["critic_loss"] is not None
+    assert train[0]["entropy"] is None and isinstance(train[-1]["entropy"], float)
+    documented = readme_metrics()
+    assert set(train[0]) == {name for name, kind, _ in documented if kind == "train"}
+    assert set(evals[0]) == {name for name, kind, _ in documented if kind == "eval"}
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {tag for _, _, tag in documented if tag}
     assert train[-1]["grad_steps"] == (600 - 200) // 2 + 1  # one update per vector step from step 200
     assert [r["env_steps"] for r in evals] == [300, 600] and all(r["episodes"] == 2 for r in evals)
     assert any(r["return_mean"] is not None for r in train)  # Pendulum episodes are 200 steps

@@ -8,6 +8,7 @@ from torch import nn
 
 from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.configure import build_config
+from crossq_gpu.metrics import TRAIN_FIELDS
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
 
@@ -91,6 +92,16 @@ def test_policy_delay_counts_gradient_steps():
         metrics = update.step()
         actor_moves.append("actor_loss" in metrics and not torch.equal(before, agent.log_alpha))
     assert actor_moves == [False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_a_step_returns_the_metrics_a_train_row_holds(discrete):
+    """Critic steps: the critic's metrics; actor steps: all of the row's update metrics, finite."""
+    _, _, _, update = make(discrete=discrete, extra=["agent.algorithm.policy_delay=2"])
+    critic_step, actor_step = update.step(), update.step()
+    assert set(critic_step) == {"critic_loss", "q_mean"}
+    assert set(actor_step) == set(TRAIN_FIELDS)
+    assert all(value.shape == () and torch.isfinite(value) for value in actor_step.values())
 
 
 def test_alpha_moves_towards_the_target_entropy():
