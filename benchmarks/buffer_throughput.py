@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
-from crossq_gpu.buffer import PrioritizedReplay, ReplayBuffer
+from crossq_gpu.buffer import BUFFERS, PrioritizedReplay, ReplayBuffer
 
 RESULTS = Path(__file__).parent / "results"
-BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedReplay": PrioritizedReplay}
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,10 +100,11 @@ def print_table(rows: list[dict]) -> str:
               f"{'sample/s':>9} {'+update/s':>9} | {'add':>5} {'sample':>6} {'+upd':>5}")
     lines = [header, "-" * len(header)]
     by_key = {(r["buffer"], r["capacity"], r["batch_size"]): r for r in rows}
+    per_name = next(name for name, cls in BUFFERS.items() if cls is PrioritizedReplay)
     for (name, capacity, batch_size), uni in by_key.items():
-        if name != "Replay":
+        if BUFFERS[name] is not ReplayBuffer:
             continue
-        per = by_key[("PrioritizedReplay", capacity, batch_size)]
+        per = by_key[(per_name, capacity, batch_size)]
         lines.append(
             f"{capacity:>10.0e} {batch_size:>6} | {uni['add_per_s']:>9.3g} {uni['sample_per_s']:>9.3g} | "
             f"{per['add_per_s']:>9.3g} {per['sample_per_s']:>9.3g} {per['sample_update_per_s']:>9.3g} | "
@@ -126,10 +126,10 @@ def plot(rows: list[dict], title: str, path: Path) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, style in (("Replay", "-"), ("PrioritizedReplay", "--")):
+    for name, style in zip(BUFFERS, ("-", "--")):
         for color, batch_size in enumerate(sorted({r["batch_size"] for r in rows})):
             sel = [r for r in rows if r["buffer"] == name and r["batch_size"] == batch_size]
-            key = "sample_update_per_s" if name == "PrioritizedReplay" else "sample_per_s"
+            key = "sample_update_per_s" if issubclass(BUFFERS[name], PrioritizedReplay) else "sample_per_s"
             axes[0].plot([r["capacity"] for r in sel], [r[key] for r in sel], style, marker="o", color=f"C{color}",
                          label=f"{name} B={batch_size}")
         sel = [r for r in rows if r["buffer"] == name and r["batch_size"] == rows[0]["batch_size"]]

@@ -9,12 +9,15 @@ draws from the default torch generator (reproducible with `torch.manual_seed`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import psutil
 import torch
 from torch import Tensor
+
+from crossq_gpu.config import MemoryConfig
 
 # Fraction of the free memory a buffer may claim: the networks, the env and the allocator need the rest.
 _MEMORY_HEADROOM = 0.9
@@ -265,11 +268,15 @@ class PrioritizedReplay(ReplayBuffer):
         return (*super()._state_names(), "tree", "max_priority", "sample_calls")
 
 
-_BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedReplay": PrioritizedReplay}
+# The buffer class for each `memory.name`; past this point code asks the buffer object, not the name.
+BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedReplay": PrioritizedReplay}
 
 
-def make_buffer(memory_cfg_name: str, **kwargs) -> ReplayBuffer:
-    """Build the buffer named by the config's `memory.name`."""
-    if memory_cfg_name not in _BUFFERS:
-        raise ValueError(f"unknown memory.name {memory_cfg_name!r}; known: {', '.join(_BUFFERS)}")
-    return _BUFFERS[memory_cfg_name](**kwargs)
+def make_buffer(memory: MemoryConfig, obs_dim: int, action_shape: tuple[int, ...], num_envs: int,
+                device: torch.device | str, action_dtype: torch.dtype = torch.float32) -> ReplayBuffer:
+    """The buffer `memory` describes: its class, size and, for PrioritizedReplay, its settings."""
+    if memory.name not in BUFFERS:
+        raise ValueError(f"unknown memory.name {memory.name!r}; known: {', '.join(BUFFERS)}")
+    cls = BUFFERS[memory.name]
+    per = dataclasses.asdict(memory.prioritized) if issubclass(cls, PrioritizedReplay) else {}
+    return cls(obs_dim, action_shape, memory.max_size, num_envs, device, action_dtype, **per)

@@ -68,11 +68,8 @@ class Run:
         if ranks.rank:  # each rank its own sampling and noise; rank 0 keeps a single process's stream
             torch.manual_seed(run.seed + ranks.rank)
         action_shape = () if self.discrete else (self.env.act_dim,)
-        mem = cfg.agent.memory
-        per = {} if mem.name == "Replay" else to_dict(mem.prioritized)
-        self.buffer = make_buffer(mem.name, obs_dim=self.env.obs_dim, action_shape=action_shape,
-                                  max_size=mem.max_size, num_envs=cfg.env.num_envs, device=device,
-                                  action_dtype=torch.int64 if self.discrete else torch.float32, **per)
+        self.buffer = make_buffer(cfg.agent.memory, self.env.obs_dim, action_shape, cfg.env.num_envs, device,
+                                  torch.int64 if self.discrete else torch.float32)
         entropy = target_entropy(cfg, self.env.act_dim, self.env.num_actions)
         self.update = Update(self.agent, self.buffer, cfg, entropy, device, ranks)
         self.window = MetricsWindow(device)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from crossq_gpu import losses
-from crossq_gpu.buffer import Batch, ReplayBuffer
+from crossq_gpu.buffer import Batch, PrioritizedReplay, ReplayBuffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.config import Config, OptimConfig
 from crossq_gpu.distributed import Ranks
@@ -77,7 +77,7 @@ class Update:
         self.gamma, self.tau, self.policy_delay = alg.gamma, alg.tau, alg.policy_delay
         self.batch_size = cfg.agent.memory.batch_size
         self.target_entropy = entropy_target
-        self.prioritized = cfg.agent.memory.name == "PrioritizedReplay"
+        self.prioritized = isinstance(buffer, PrioritizedReplay)
         self.critic_params = list(agent.critic.parameters())
         self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
         self._graphed = cfg.run.cuda_graphs and device.type == "cuda"

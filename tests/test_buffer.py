@@ -11,6 +11,7 @@ from scipy.stats import chisquare
 
 from crossq_gpu import buffer as buffer_mod
 from crossq_gpu.buffer import BufferTooLarge, PrioritizedReplay, ReplayBuffer, make_buffer
+from crossq_gpu.config import MemoryConfig, PrioritizedConfig
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -179,11 +180,15 @@ def test_load_state_dict_rejects_another_shape() -> None:
 
 
 def test_make_buffer() -> None:
-    kwargs = dict(obs_dim=OBS_DIM, action_shape=(ACT_DIM,), max_size=8, num_envs=2, device="cpu")
-    assert type(make_buffer("Replay", **kwargs)) is ReplayBuffer
-    assert type(make_buffer("PrioritizedReplay", **kwargs, alpha=0.7)) is PrioritizedReplay
+    kwargs = dict(obs_dim=OBS_DIM, action_shape=(ACT_DIM,), num_envs=2, device="cpu")
+    uniform = make_buffer(MemoryConfig(name="Replay", max_size=8), **kwargs)
+    assert type(uniform) is ReplayBuffer and uniform.max_size == 8
+    per = make_buffer(MemoryConfig(name="PrioritizedReplay", max_size=8,
+                                   prioritized=PrioritizedConfig(alpha=0.7, beta_steps=50)), **kwargs)
+    assert type(per) is PrioritizedReplay
+    assert (per.alpha, per.beta0, per.beta_steps, per.eps) == (0.7, 0.4, 50, 1e-6)
     with pytest.raises(ValueError, match="known: Replay, PrioritizedReplay"):
-        make_buffer("Uniform", **kwargs)
+        make_buffer(MemoryConfig(name="Uniform"), **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

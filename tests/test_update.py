@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from crossq_gpu.buffer import ReplayBuffer
+from crossq_gpu.buffer import PrioritizedReplay, ReplayBuffer, make_buffer
 from crossq_gpu.configure import build_config
 from crossq_gpu.metrics import TRAIN_FIELDS
 from crossq_gpu.networks import build_agent
@@ -102,6 +102,20 @@ def test_a_step_returns_the_metrics_a_train_row_holds(discrete):
     assert set(critic_step) == {"critic_loss", "q_mean"}
     assert set(actor_step) == set(TRAIN_FIELDS)
     assert all(value.shape == () and torch.isfinite(value) for value in actor_step.values())
+
+
+def test_a_prioritized_buffer_gets_the_td_errors_of_its_batch_as_priorities():
+    cfg, agent, _, _ = make(extra=["agent.memory.name=PrioritizedReplay", "agent.memory.max_size=64"])
+    buffer = make_buffer(cfg.agent.memory, OBS, (ACT,), 8, "cpu")
+    for _ in range(8):
+        buffer.add(torch.randn(8, OBS), torch.rand(8, ACT) * 2 - 1, torch.randn(8), torch.randn(8, OBS), torch.zeros(8))
+    update = Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), torch.device("cpu"))
+    assert isinstance(buffer, PrioritizedReplay) and torch.all(buffer.tree[64:] == 1.0)  # new transitions: max priority
+    sampled = []
+    buffer.update_priorities = lambda indices, td: sampled.append((indices, td))  # type: ignore[method-assign]
+    update.step()
+    ((indices, td),) = sampled
+    assert indices.shape == td.shape == (B,) and torch.all(td >= 0)
 
 
 def test_alpha_moves_towards_the_target_entropy():
