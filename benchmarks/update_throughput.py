@@ -50,7 +50,7 @@ from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.configure import build_config
 from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, set_matmul_precision, target_entropy
+from crossq_gpu.update import Update, set_matmul_precision
 
 OBS, ACT = 17, 6  # HalfCheetah-v5 / Walker2d-v5 in Gymnasium
 ACTOR = [256, 256]
@@ -78,7 +78,7 @@ def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, act
         buffer.add(torch.randn(1000, OBS, device=device), torch.rand(1000, ACT, device=device) * 2 - 1,
                    torch.randn(1000, device=device), torch.randn(1000, OBS, device=device),
                    (torch.rand(1000, device=device) < 0.01).float())
-    update = Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), device, ranks)
+    update = Update(agent, buffer, cfg, device, ranks)
 
     def run(k: int) -> None:
         for _ in range(k):

@@ -185,6 +185,7 @@ class Agent(nn.Module):
                  actor_cfg: ActorNetConfig, critic_cfg: CriticNetConfig, algorithm: str,
                  alpha_init: float) -> None:
         super().__init__()
+        self.act_dim, self.num_actions = act_dim, num_actions
         self.discrete = num_actions is not None
         self.actor = build_actor(obs_dim, act_dim, num_actions, actor_cfg, critic_cfg.batch_renorm)
         crossq = algorithm == "CrossQ"

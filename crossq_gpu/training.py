@@ -32,7 +32,7 @@ from crossq_gpu.evaluate import evaluate
 from crossq_gpu.metrics import EpisodeReturns, MetricsWindow, MetricsWriter, progress_bar
 from crossq_gpu.networks import Agent, build_agent
 from crossq_gpu.policy import EnvSpec
-from crossq_gpu.update import Update, set_matmul_precision, target_entropy
+from crossq_gpu.update import Update, set_matmul_precision
 
 
 class TrainingError(RuntimeError):
@@ -70,8 +70,7 @@ class Run:
         action_shape = () if self.discrete else (self.env.act_dim,)
         self.buffer = make_buffer(cfg.agent.memory, self.env.obs_dim, action_shape, cfg.env.num_envs, device,
                                   torch.int64 if self.discrete else torch.float32)
-        entropy = target_entropy(cfg, self.env.act_dim, self.env.num_actions)
-        self.update = Update(self.agent, self.buffer, cfg, entropy, device, ranks)
+        self.update = Update(self.agent, self.buffer, cfg, device, ranks)
         self.window = MetricsWindow(device)
         self.returns = EpisodeReturns(cfg.env.num_envs, device)
         self.counters = Counters()

@@ -54,12 +54,12 @@ def make_adam(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: to
     return opt
 
 
-def target_entropy(cfg: Config, act_dim: int | None, num_actions: int | None) -> float:
-    """H̄: −|A| for continuous actions; 0.89·log|A| for discrete ones (discrete SAC)."""
-    value = cfg.agent.algorithm.target_entropy
+def _target_entropy(value: float | str, agent: Agent) -> float:
+    """H̄ for `agent`'s action space: the configured value, or under `auto` −|A| for continuous
+    actions and 0.89·log|A| for discrete ones (discrete SAC)."""
     if value != "auto":
         return float(value)
-    return 0.89 * math.log(num_actions) if num_actions is not None else -float(act_dim)
+    return 0.89 * math.log(agent.num_actions) if agent.discrete else -float(agent.act_dim)
 
 
 class Update:
@@ -69,14 +69,14 @@ class Update:
     between each backward and its optimizer step, so every rank takes the same step.
     """
 
-    def __init__(self, agent: Agent, buffer: ReplayBuffer, cfg: Config, entropy_target: float,
-                 device: torch.device, ranks: Ranks = Ranks()) -> None:
+    def __init__(self, agent: Agent, buffer: ReplayBuffer, cfg: Config, device: torch.device,
+                 ranks: Ranks = Ranks()) -> None:
         alg = cfg.agent.algorithm
         self.agent, self.buffer = agent, buffer
         self.crossq = alg.name == "CrossQ"
         self.gamma, self.tau, self.policy_delay = alg.gamma, alg.tau, alg.policy_delay
         self.batch_size = cfg.agent.memory.batch_size
-        self.target_entropy = entropy_target
+        self.target_entropy = _target_entropy(alg.target_entropy, agent)
         self.prioritized = isinstance(buffer, PrioritizedReplay)
         self.critic_params = list(agent.critic.parameters())
         self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]

@@ -26,7 +26,7 @@ from crossq_gpu.configure import build_config
 from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_batch_renorm
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
 from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update
 from tests.fixed_batches import FixedBatches
 from tests.small_run import SMALL, comparable, rows
 
@@ -127,8 +127,7 @@ def make_update(discrete: bool, ranks: Ranks, batch_size: int, compiled: bool = 
     torch.manual_seed(0)  # the same initial weights in every process
     agent = build_agent(cfg, OBS, None if discrete else ACT, N_ACTIONS if discrete else None)
     sync_batch_renorm(agent, ranks)
-    return Update(agent, None, cfg, target_entropy(cfg, ACT, N_ACTIONS if discrete else None),
-                  torch.device("cpu"), ranks)
+    return Update(agent, None, cfg, torch.device("cpu"), ranks)
 
 
 def global_batches(discrete: bool, steps: int) -> list[Batch]:

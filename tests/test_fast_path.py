@@ -14,7 +14,7 @@ from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.configure import build_config
 from crossq_gpu.kernels import BatchRenorm1d
 from crossq_gpu.networks import StackedLinear, build_agent, gumbel_max_sample
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update
 
 OBS, ACT, B = 5, 2, 16
 CUDA = torch.cuda.is_available()
@@ -38,7 +38,7 @@ def make(device: str = "cpu", algo: str = "CrossQ", extra: tuple[str, ...] = ())
     for _ in range(8):
         buffer.add(torch.randn(8, OBS, device=dev), torch.rand(8, ACT, device=dev) * 2 - 1, torch.randn(8, device=dev),
                    torch.randn(8, OBS, device=dev), (torch.rand(8, device=dev) < 0.1).float())
-    return Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), dev)
+    return Update(agent, buffer, cfg, dev)
 
 
 # --- noise under torch.compile -----------------------------------------------------------

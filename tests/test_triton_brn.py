@@ -160,7 +160,7 @@ def test_crossq_update_with_triton_equals_reference() -> None:
             "agent.algorithm.policy_delay=1", "run.compile=false", "run.cuda_graphs=false"])
         torch.manual_seed(0)
         agent = build_agent(cfg, 5, 2, None).to(device)
-        update = Update(agent, FixedBatches(batches), cfg, -2.0, device)
+        update = Update(agent, FixedBatches(batches), cfg, device)  # H̄ = −|A| = −2
         torch.manual_seed(2)  # the same policy noise for both
         for _ in batches:
             update.step()

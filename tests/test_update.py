@@ -10,7 +10,7 @@ from crossq_gpu.buffer import PrioritizedReplay, ReplayBuffer, make_buffer
 from crossq_gpu.configure import build_config
 from crossq_gpu.metrics import TRAIN_FIELDS
 from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update
 
 OBS, ACT, B = 5, 2, 16
 
@@ -27,8 +27,7 @@ def make(algo="CrossQ", discrete=False, compile=False, extra=()):
     for _ in range(8):
         action = torch.randint(3, (8,)) if discrete else torch.rand(8, ACT) * 2 - 1
         buffer.add(torch.randn(8, OBS), action, torch.randn(8), torch.randn(8, OBS), (torch.rand(8) < 0.1).float())
-    update = Update(agent, buffer, cfg, target_entropy(cfg, None if discrete else ACT, num_actions),
-                    torch.device("cpu"))
+    update = Update(agent, buffer, cfg, torch.device("cpu"))
     return cfg, agent, buffer, update
 
 
@@ -109,13 +108,23 @@ def test_a_prioritized_buffer_gets_the_td_errors_of_its_batch_as_priorities():
     buffer = make_buffer(cfg.agent.memory, OBS, (ACT,), 8, "cpu")
     for _ in range(8):
         buffer.add(torch.randn(8, OBS), torch.rand(8, ACT) * 2 - 1, torch.randn(8), torch.randn(8, OBS), torch.zeros(8))
-    update = Update(agent, buffer, cfg, target_entropy(cfg, ACT, None), torch.device("cpu"))
+    update = Update(agent, buffer, cfg, torch.device("cpu"))
     assert isinstance(buffer, PrioritizedReplay) and torch.all(buffer.tree[64:] == 1.0)  # new transitions: max priority
     sampled = []
     buffer.update_priorities = lambda indices, td: sampled.append((indices, td))  # type: ignore[method-assign]
     update.step()
     ((indices, td),) = sampled
     assert indices.shape == td.shape == (B,) and torch.all(td >= 0)
+
+
+@pytest.mark.parametrize("discrete, setting, expected", [
+    (False, "auto", -2.0),  # −|A|, |A| = ACT = 2
+    (True, "auto", 0.89 * 1.0986122886681098),  # 0.89 · ln 3
+    (False, "-0.5", -0.5), (True, "0.3", 0.3),
+])
+def test_the_update_takes_its_target_entropy_from_the_config_and_the_action_space(discrete, setting, expected):
+    _, _, _, update = make(discrete=discrete, extra=[f"agent.algorithm.target_entropy={setting}"])
+    assert update.target_entropy == pytest.approx(expected, rel=1e-12)
 
 
 def test_alpha_moves_towards_the_target_entropy():
