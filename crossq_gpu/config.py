@@ -8,7 +8,11 @@ flags) is `configure.py`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +26,8 @@ class ConfigError(ValueError):
 @dataclass
 class EnvConfig:
     name: str = "ant"
-    """`ant`, `halfcheetah`, … (Brax), `gym:ID` (Gymnasium) or `playground:NAME`."""
+    """`ant`, `halfcheetah`, … (Brax), `gym:ID` or `gym:package/ID` (Gymnasium), `playground:NAME`,
+    or `package.module:factory` (your own env)."""
     num_envs: int = 4096
     """Environments stepped together; one vector step adds num_envs transitions."""
     backend: str = "generalized"
@@ -38,15 +43,19 @@ class PrioritizedConfig:
     beta: float = 0.4
     """Initial importance-sampling exponent, annealed to beta_final."""
     beta_final: float = 1.0
+    """Importance-sampling exponent reached after beta_steps (1: full correction of the sampling bias)."""
     beta_steps: int = 100_000
     """Gradient steps over which beta anneals linearly."""
     eps: float = 1e-6
+    """Added to |δ| so that no transition's priority is 0 (it would never be sampled again)."""
 
 
 @dataclass
 class MemoryConfig:
     name: Literal["Replay", "PrioritizedReplay"] = "Replay"
+    """Replay: uniform sampling. PrioritizedReplay: proportional to the TD error (the prioritized settings)."""
     batch_size: int = 256
+    """Transitions per gradient step (per rank under torchrun); BRN takes its batch statistics over them."""
     max_size: int = 1_000_000
     """Transitions held, counted over all envs."""
     prioritized: PrioritizedConfig = field(default_factory=PrioritizedConfig)
@@ -56,15 +65,19 @@ class MemoryConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
+    """Adam's learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    """Adam's (β1, β2); the paper's β1 = 0.5 keeps less momentum than Adam's default 0.9."""
 
 
 @dataclass
 class AlgorithmConfig:
     name: Literal["CrossQ", "SAC"] = "CrossQ"
+    """CrossQ: BRN critics, no target networks. SAC: the baseline, with target critics and no BRN."""
     action_pdtype: Literal["Normal", "Categorical"] = "Normal"
     """Normal: tanh-squashed Gaussian (continuous). Categorical: discrete actions."""
     gamma: float = 0.99
+    """Discount factor per env step, in (0, 1]."""
     training_frequency: int = 1
     """Env (vector) steps between updates."""
     training_iter: int = 1
@@ -74,9 +87,11 @@ class AlgorithmConfig:
     policy_delay: int = 3
     """Actor and α are updated every policy_delay gradient steps."""
     alpha_init: float = 1.0
+    """Initial entropy temperature α (> 0); log α is learned from there."""
     target_entropy: Union[float, Literal["auto"]] = "auto"
     """auto: −|A| for continuous actions, 0.89·log|A| for discrete ones."""
     alpha_optim: OptimConfig = field(default_factory=OptimConfig)
+    """Adam for log α."""
     tau: float = 0.005
     """SAC only: Polyak rate of the target critics (CrossQ has no targets)."""
 
@@ -84,20 +99,29 @@ class AlgorithmConfig:
 @dataclass
 class ActorNetConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Widths of the actor's hidden layers."""
     activation: Literal["relu", "tanh", "elu"] = "relu"
+    """Nonlinearity after each hidden layer of the actor."""
     batch_renorm: bool = False
     """Add BRN (critic_net.batch_renorm settings) after each hidden layer of the actor."""
     log_std_min: float = -20.0
+    """Lower clip of the Gaussian's log σ (before the tanh squashing)."""
     log_std_max: float = 2.0
+    """Upper clip of the Gaussian's log σ."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Adam for the actor."""
 
 
 @dataclass
 class BatchRenormConfig:
     momentum: float = 0.01
+    """Weight of each new batch in the running mean and variance, in (0, 1] (torch.nn.BatchNorm's convention)."""
     eps: float = 1e-3
+    """Added to the variances before the square root."""
     r_max: float = 3.0
+    """Clip of the scale correction r = σ_batch / σ_running to [1/r_max, r_max] (>= 1)."""
     d_max: float = 5.0
+    """Clip of the shift correction d = (μ_batch − μ_running) / σ_running to [−d_max, d_max], in running σ."""
     warmup_steps: int = 100_000
     """Steps of plain batch norm (r = 1, d = 0) before renormalisation starts."""
     impl: Literal["auto", "torch", "torch_fast", "triton"] = "auto"
@@ -108,22 +132,31 @@ class BatchRenormConfig:
 @dataclass
 class CriticNetConfig:
     hidden: list[int] = field(default_factory=lambda: [2048, 2048])
+    """Widths of each critic's hidden layers (the paper's are 2048 wide)."""
     n_critics: int = 2
+    """Critics in the ensemble; the TD target takes their minimum."""
     activation: Literal["relu", "tanh", "elu"] = "relu"
+    """Nonlinearity after each hidden layer of the critics."""
     brn_order: Literal["post_activation", "pre_activation"] = "post_activation"
     """post_activation: Linear → act → BRN (paper). pre_activation: Linear → BRN → act."""
     input_brn: bool = True
     """BRN on the critic input (paper). Ignored by SAC, whose critics have no BRN."""
     batch_renorm: BatchRenormConfig = field(default_factory=BatchRenormConfig)
+    """BRN settings of the critics (CrossQ), and of the actor when net.batch_renorm is on."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Adam for the critics."""
 
 
 @dataclass
 class AgentConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """The learning rule: CrossQ or SAC, discount, update schedule, entropy temperature."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """The replay buffer and the batch drawn from it."""
     net: ActorNetConfig = field(default_factory=ActorNetConfig)
+    """The actor (policy) network."""
     critic_net: CriticNetConfig = field(default_factory=CriticNetConfig)
+    """The critic ensemble."""
 
 
 @dataclass
@@ -131,10 +164,13 @@ class RunConfig:
     total_steps: int = 1_000_000
     """Env steps, all envs counted; an absolute total, also on --resume."""
     seed: int = 0
+    """Seeds torch, the envs and the evaluations; rank r of a torchrun job uses seed + r."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when torch sees a GPU, else the CPU."""
     eval_every: int = 10_000
     """Env steps between deterministic evaluations (0 disables)."""
     eval_episodes: int = 10
+    """Episodes per evaluation, one in each env of a separate copy of the env."""
     log_every: int = 1000
     """Env steps between metric rows; the only place device metrics are read."""
     checkpoint_every: int = 50_000
@@ -156,8 +192,11 @@ class RunConfig:
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
+    """What is trained on."""
     agent: AgentConfig = field(default_factory=AgentConfig)
+    """What learns, and how."""
     run: RunConfig = field(default_factory=RunConfig)
+    """How long, where, how often to log, evaluate and checkpoint."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -265,3 +304,29 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def field_info(path: str) -> tuple[Any, str]:
+    """The type and the docstring of the field at `dotted.path`, so that the CLI's flags take
+    their type, choices and help from the one place each field is described."""
+    owner, tp = None, Config
+    for name in path.split("."):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if name not in hints:
+            raise ConfigError(f"no config field {path}")
+        owner, tp = tp, hints[name]
+    return tp, _docstrings()[owner.__name__].get(name, "")
+
+
+@functools.cache
+def _docstrings() -> dict[str, dict[str, str]]:
+    """Class name → field → the string under the field: attribute docstrings live only in the source."""
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(sys.modules[__name__])).body:
+        if isinstance(node, ast.ClassDef):
+            docs[node.name] = {
+                stmt.target.id: inspect.cleandoc(doc.value.value)
+                for stmt, doc in zip(node.body, node.body[1:])
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    return docs

@@ -1,9 +1,11 @@
 """Configuration: presets, YAML round trip, --set overrides and errors that name the field."""
 
+import dataclasses
+
 import pytest
 import yaml
 
-from crossq_gpu.config import Config, ConfigError, from_dict, to_dict
+from crossq_gpu.config import Config, ConfigError, field_info, from_dict, to_dict
 from crossq_gpu.configure import PRESETS, build_config, load_yaml, save_yaml, set_dotted
 
 
@@ -98,3 +100,24 @@ def test_a_tree_sets_the_many_env_regime_as_a_file_does(tmp_path):
     from_file, _ = build_config("auto", False, str(tmp_path / "c.yaml"))
     assert to_dict(from_tree) == to_dict(from_file)
     assert from_tree.agent.algorithm.training_iter == 2 and from_tree.run.total_steps == 50_000  # 32 · 16 / 256
+
+
+def field_paths(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every leaf and section of the tree, as dotted paths (from the dataclasses, not the docstrings)."""
+    paths = []
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        paths.append(path)
+        default = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(default):
+            paths += field_paths(type(default), path + ".")
+    return paths
+
+
+def test_every_config_field_has_a_docstring():
+    paths = field_paths()
+    assert len(paths) >= 64 and "agent.critic_net.batch_renorm.r_max" in paths
+    assert [path for path in paths if not field_info(path)[1].strip()] == []
+    assert field_info("run.total_steps") == (int, "Env steps, all envs counted; an absolute total, also on --resume.")
+    with pytest.raises(ConfigError, match="no config field run.totl_steps"):
+        field_info("run.totl_steps")
