@@ -12,14 +12,15 @@ import argparse
 import re
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
 from crossq_gpu import configure, distributed
 from crossq_gpu.checkpoint import CheckpointError, load_checkpoint
-from crossq_gpu.config import Config, ConfigError
+from crossq_gpu.config import Config, ConfigError, field_info
 from crossq_gpu.distributed import Ranks
 from crossq_gpu.envs import VecEnv
 from crossq_gpu.training import Run, TrainingError
@@ -40,18 +41,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# The flags that set one config field each; their type, choices and help come from the field.
+FLAG_FIELDS = {
+    "env": "env.name", "num_envs": "env.num_envs", "backend": "env.backend",
+    "total_steps": "run.total_steps", "seed": "run.seed", "device": "run.device",
+    "eval_every": "run.eval_every", "eval_episodes": "run.eval_episodes", "log_every": "run.log_every",
+    "checkpoint_every": "run.checkpoint_every", "compile": "run.compile",
+    "cuda_graphs": "run.cuda_graphs", "save_buffer": "run.save_buffer",
+}
+ALGO_FIELD = "agent.algorithm.name"
+ALGOS = {name.lower(): name for name in typing.get_args(field_info(ALGO_FIELD)[0])}  # --algo crossq → CrossQ
+
+
 def parse_args(argv: list[str] | None = None, *, raise_errors: bool = False) -> argparse.Namespace:
     p = _Parser(prog="python -m crossq_gpu.learner",
                 description="Train CrossQ (or the SAC baseline) on Brax/MJX or Gymnasium envs.")
     p.raise_errors = raise_errors
-    p.add_argument("--env", help="env name: ant, halfcheetah, … (Brax), gym:ID, gym:package/ID, "
-                                 "playground:NAME, or package.module:factory (your own env)")
-    p.add_argument("--num-envs", type=int, help="environments stepped together")
-    p.add_argument("--backend", help="Brax backend: generalized | mjx | spring | positional")
-    p.add_argument("--algo", choices=["crossq", "sac"], help="CrossQ (default) or the SAC baseline")
-    p.add_argument("--total-steps", type=int, help="env steps to train, all envs counted (absolute on --resume)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    for flag, path in FLAG_FIELDS.items():
+        p.add_argument("--" + flag.replace("_", "-"), **_field_argument(path))
+    p.add_argument("--algo", choices=list(ALGOS), help=_help(field_info(ALGO_FIELD)[1]))
     p.add_argument("--preset", default="auto",
                    help="auto (paper on CUDA, cpu otherwise, with the many-env regime for --num-envs "
                         f"above 1: docs/regime.md) or one of: {', '.join(configure.PRESETS)}")
@@ -61,17 +69,22 @@ def parse_args(argv: list[str] | None = None, *, raise_errors: bool = False) -> 
                         "e.g. --set agent.algorithm.training_start_step=500")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<env>-<algo>-<seed>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
-    p.add_argument("--eval-every", type=int, help="env steps between evaluations (0: none)")
-    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
-    p.add_argument("--log-every", type=int, help="env steps between metrics rows")
-    p.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the update")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture the update and acting step as CUDA graphs (CUDA only)")
-    p.add_argument("--save-buffer", action=argparse.BooleanOptionalAction, default=None,
-                   help="include the replay buffer in checkpoints")
     return p.parse_args(argv)
+
+
+def _field_argument(path: str) -> dict[str, Any]:
+    """add_argument's keywords for a flag that sets the field at `path`: not given is None."""
+    tp, doc = field_info(path)
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": _help(doc)}
+    if typing.get_origin(tp) is Literal:
+        return {"choices": typing.get_args(tp), "help": _help(doc)}
+    return {"type": tp, "help": _help(doc)}
+
+
+def _help(doc: str) -> str:
+    """A field's docstring as one line of --help (argparse reads % as a format)."""
+    return " ".join(doc.replace("`", "").split()).replace("%", "%%")
 
 
 def flags_to_argv(flags: dict[str, Any]) -> list[str]:
@@ -99,15 +112,6 @@ def flags_to_argv(flags: dict[str, Any]) -> list[str]:
     return argv
 
 
-FLAG_FIELDS = {
-    "env": "env.name", "num_envs": "env.num_envs", "backend": "env.backend",
-    "total_steps": "run.total_steps", "seed": "run.seed", "device": "run.device",
-    "eval_every": "run.eval_every", "eval_episodes": "run.eval_episodes", "log_every": "run.log_every",
-    "checkpoint_every": "run.checkpoint_every", "compile": "run.compile",
-    "cuda_graphs": "run.cuda_graphs", "save_buffer": "run.save_buffer",
-}
-
-
 def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None = None) -> tuple[Config, str]:
     """Preset < --config (or the resumed run's config.yaml, or config_tree, the Python API's
     nested partial dict) < flags and --set."""
@@ -115,7 +119,7 @@ def resolve_config(args: argparse.Namespace, config_tree: dict[str, Any] | None 
         raise ConfigError(f"config must be a dict or a YAML file path, got {type(config_tree).__name__}")
     flags = {path: getattr(args, flag) for flag, path in FLAG_FIELDS.items() if getattr(args, flag) is not None}
     if args.algo is not None:
-        flags["agent.algorithm.name"] = "CrossQ" if args.algo == "crossq" else "SAC"
+        flags[ALGO_FIELD] = ALGOS[args.algo]
     config_file = args.config
     if args.resume is not None:
         if args.config is not None or config_tree:

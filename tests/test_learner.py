@@ -103,6 +103,18 @@ def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
     assert not list(tmp_path.rglob("checkpoint.pt*"))
 
 
+def test_flags_take_their_help_and_choices_from_the_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        learner.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--total-steps TOTAL_STEPS Env steps, all envs counted; an absolute total, also on --resume." in text
+    assert "--device {auto,cpu,cuda} auto: CUDA when torch sees a GPU, else the CPU." in text
+    assert "--algo {crossq,sac} CrossQ: BRN critics, no target networks." in text
+    assert "--save-buffer, --no-save-buffer Store the replay buffer in checkpoints (large)." in text
+    cfg, _ = learner.resolve_config(learner.parse_args(["--algo", "sac", "--no-compile", "--seed", "4", "--preset", "cpu"]))
+    assert (cfg.agent.algorithm.name, cfg.run.compile, cfg.run.seed) == ("SAC", False, 4)
+
+
 def test_corrupt_checkpoint_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
