@@ -328,5 +328,6 @@ def _docstrings() -> dict[str, dict[str, str]]:
                 stmt.target.id: inspect.cleandoc(doc.value.value)
                 for stmt, doc in zip(node.body, node.body[1:])
                 if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str)}
     return docs

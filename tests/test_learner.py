@@ -111,7 +111,8 @@ def test_flags_take_their_help_and_choices_from_the_config_fields(capsys):
     assert "--device {auto,cpu,cuda} auto: CUDA when torch sees a GPU, else the CPU." in text
     assert "--algo {crossq,sac} CrossQ: BRN critics, no target networks." in text
     assert "--save-buffer, --no-save-buffer Store the replay buffer in checkpoints (large)." in text
-    cfg, _ = learner.resolve_config(learner.parse_args(["--algo", "sac", "--no-compile", "--seed", "4", "--preset", "cpu"]))
+    args = learner.parse_args(["--algo", "sac", "--no-compile", "--seed", "4", "--preset", "cpu"])
+    cfg, _ = learner.resolve_config(args)
     assert (cfg.agent.algorithm.name, cfg.run.compile, cfg.run.seed) == ("SAC", False, 4)
 
 
