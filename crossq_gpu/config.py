@@ -74,8 +74,9 @@ class OptimConfig:
 class AlgorithmConfig:
     name: Literal["CrossQ", "SAC"] = "CrossQ"
     """CrossQ: BRN critics, no target networks. SAC: the baseline, with target critics and no BRN."""
-    action_pdtype: Literal["Normal", "Categorical"] = "Normal"
-    """Normal: tanh-squashed Gaussian (continuous). Categorical: discrete actions."""
+    action_pdtype: Literal["auto", "Normal", "Categorical"] = "auto"
+    """The policy's distribution, which the env's action space decides (auto): Normal, a tanh-squashed
+    Gaussian, for continuous actions; Categorical for discrete ones. A value the env contradicts is an error."""
     gamma: float = 0.99
     """Discount factor per env step, in (0, 1]."""
     training_frequency: int = 1

@@ -25,7 +25,7 @@ from crossq_gpu import distributed
 from crossq_gpu.buffer import make_buffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.checkpoint import CheckpointError, save_checkpoint
-from crossq_gpu.config import Config, to_dict
+from crossq_gpu.config import Config, ConfigError, to_dict
 from crossq_gpu.distributed import Ranks
 from crossq_gpu.envs import AsyncVecEnv, VecEnv, make_env
 from crossq_gpu.evaluate import evaluate
@@ -54,14 +54,14 @@ class Run:
                  env_maker: Callable[..., VecEnv] | None = None) -> None:
         """env_maker: make_env without the name (the user's own env object); default: by cfg.env.name."""
         self.cfg, self.out_dir, self.device, self.ranks = cfg, out_dir, device, ranks
-        run, alg = cfg.run, cfg.agent.algorithm
+        run = cfg.run
         torch.manual_seed(run.seed)
         set_matmul_precision(device)
         self.make_env = env_maker or functools.partial(make_env, cfg.env.name)
         self.env: VecEnv = self.make_env(cfg.env.num_envs, device, seed=run.seed + ranks.rank,
                                          backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         self.discrete = self.env.num_actions is not None
-        alg.action_pdtype = "Categorical" if self.discrete else "Normal"
+        _check_action_pdtype(cfg, self.discrete)
         self.agent: Agent = build_agent(cfg, self.env.obs_dim, self.env.act_dim, self.env.num_actions).to(device)
         ranks.broadcast_(self.agent.state_dict().values())  # one set of weights, whatever each rank drew
         distributed.sync_batch_renorm(self.agent, ranks)
@@ -275,6 +275,14 @@ class Run:
             raise CheckpointError(f"the ranks read checkpoints of env steps {lowest} to {highest}: "
                                   "every rank must resume from the same checkpoint.pt")
         self.last_checkpoint_step = step
+
+
+def _check_action_pdtype(cfg: Config, discrete: bool) -> None:
+    """The action distribution is the env's to decide; a configured one must agree with it."""
+    chosen, derived = cfg.agent.algorithm.action_pdtype, "Categorical" if discrete else "Normal"
+    if chosen not in ("auto", derived):
+        raise ConfigError(f"agent.algorithm.action_pdtype={chosen}, but env {cfg.env.name} has "
+                          f"{'discrete' if discrete else 'continuous'} actions ({derived}); leave it auto")
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

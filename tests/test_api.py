@@ -262,6 +262,13 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, env, config, 
     assert not out.exists()
 
 
+def test_an_action_pdtype_a_discrete_env_contradicts_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"action_pdtype=Normal, but env gym:CartPole-v1 has discrete actions "
+                                          r"\(Categorical\); leave it auto"):
+        crossq_gpu.train("gym:CartPole-v1", out=tmp_path / "run", set=["agent.algorithm.action_pdtype=Normal"], **FAST)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_an_unknown_env_name_writes_no_file(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(UnknownEnvError, match="unknown environment 'gym:NoSuchEnv-v0'"):

@@ -34,6 +34,7 @@ def test_outputs_and_metrics_rows(tmp_path):
     assert learner.main([*SMALL, "--total-steps", "600", "--out", str(out)]) == 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["env"]["name"] == "gym:Pendulum-v1" and cfg["agent"]["critic_net"]["hidden"] == [32, 32]
+    assert cfg["agent"]["algorithm"]["action_pdtype"] == "auto"  # the env decides; the saved config stays as given
     train = [r for r in rows(out) if r["kind"] == "train"]
     evals = [r for r in rows(out) if r["kind"] == "eval"]
     assert [r["env_steps"] for r in train] == [100, 200, 300, 400, 500, 600]
@@ -114,6 +115,21 @@ def test_flags_take_their_help_and_choices_from_the_config_fields(capsys):
     args = learner.parse_args(["--algo", "sac", "--no-compile", "--seed", "4", "--preset", "cpu"])
     cfg, _ = learner.resolve_config(args)
     assert (cfg.agent.algorithm.name, cfg.run.compile, cfg.run.seed) == ("SAC", False, 4)
+
+
+@pytest.mark.parametrize("pdtype, code", [("Categorical", learner.EXIT_USAGE), ("Normal", 0)])
+def test_an_action_pdtype_the_env_contradicts_is_refused(tmp_path, capsys, pdtype, code):
+    out = tmp_path / "run"
+    args = [*SMALL, "--total-steps", "100", "--eval-every", "0", "--out", str(out),
+            "--set", f"agent.algorithm.action_pdtype={pdtype}"]
+    assert learner.main(args) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    if code:
+        assert err == ["error: agent.algorithm.action_pdtype=Categorical, but env gym:Pendulum-v1 has continuous "
+                       "actions (Normal); leave it auto"]
+        assert not (out / "checkpoint.pt").exists()
+    else:
+        assert yaml.safe_load((out / "config.yaml").read_text())["agent"]["algorithm"]["action_pdtype"] == "Normal"
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path):
