@@ -39,6 +39,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a NaN/Inf loss, a checkpoint that cannot be written); the message
     names the step and the last good checkpoint."""
 
+
 @dataclass
 class Counters:
     env_steps: int = 0
