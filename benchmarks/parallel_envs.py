@@ -14,7 +14,7 @@ Two parts, the first run first:
 `--gpu` runs the GPU sizes instead (ant and humanoid at 4,096 and 8,192 envs, on CUDA).
 Runs go `--jobs` at a time, one torch and one XLA thread each; a run already finished with
 the same command (benchmarks/runs/parallel_envs/<run>/run.json) is reused. Writes
-benchmarks/results/parallel_envs_<device>.json (rewritten after every run), a PNG of
+benchmarks/results/<--results>_<device>.json (rewritten after every run), a PNG of
 return against gradient steps, env steps and wall-clock, and prints a table and the targets.
 """
 
@@ -219,7 +219,7 @@ def return_at(curve: list[dict[str, Any]], grad_steps: int) -> float:
     return [p["return"] for p in curve if p["grad_steps"] <= grad_steps][-1]
 
 
-def plot(rows: list[dict[str, Any]], device: torch.device) -> None:
+def plot(rows: list[dict[str, Any]], device: torch.device, name: str) -> None:
     """One row of panels per env (sizes, solid CrossQ, dashed SAC), and one for the levers."""
     panels = [(env, [r for r in rows if r["env"] == env and r["part"] != "lever"])
               for env in sorted({r["env"] for r in rows if r["part"] != "lever"})]
@@ -247,7 +247,7 @@ def plot(rows: list[dict[str, Any]], device: torch.device) -> None:
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7)
     fig.suptitle("--preset auto at each num_envs (solid CrossQ, dashed SAC; thick: the 128-env target run)")
-    save_png(fig, "parallel_envs", device)
+    save_png(fig, name, device)
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -288,6 +288,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levers", nargs="*", default=[], choices=list(LEVERS),
                    help="changes to the rule to try on the target's env and size (run first)")
     p.add_argument("--lever-grad-steps", type=int, default=3000, help="of each --levers run")
+    p.add_argument("--results", default="parallel_envs",
+                   help="name of the JSON/PNG under benchmarks/results/ (one per part run apart)")
     p.add_argument("--no-sweep", action="store_true", help="run only the target and the levers")
     p.add_argument("--budget-s", type=float, default=600, help="wall-clock cap of one sweep run")
     p.add_argument("--target-budget-s", type=float, default=2400, help="wall-clock cap of one target run")
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def report() -> list[dict[str, Any]]:
         lines = summary(rows)
-        write_json("parallel_envs", device, rows, summary=lines, targets=targets(rows, lines), **meta)
+        write_json(args.results, device, rows, summary=lines, targets=targets(rows, lines), **meta)
         return lines
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             report()
     lines = report()
     if rows:
-        plot(rows, device)
+        plot(rows, device, args.results)
     print_table(lines, ["part", "env", "algo", "num_envs", "lever", "seeds", "batch", "grad_steps", "env_steps",
                         "final", "best", "wall_s", "sps", "ups"])
     print("\n".join(targets(rows, lines)))
