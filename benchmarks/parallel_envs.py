@@ -14,7 +14,7 @@ Two parts, the first run first:
 `--gpu` runs the GPU sizes instead (ant and humanoid at 4,096 and 8,192 envs, on CUDA).
 Runs go `--jobs` at a time, one torch and one XLA thread each; a run already finished with
 the same command (benchmarks/runs/parallel_envs/<run>/run.json) is reused. Writes
-benchmarks/results/parallel_envs_<device>.json (rewritten after every run), a PNG of
+benchmarks/results/<--results>_<device>.json (rewritten after every run), a PNG of
 return against gradient steps, env steps and wall-clock, and prints a table and the targets.
 """
 
@@ -46,6 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "parallel_envs"
 EVALS_PER_RUN = 10
 TARGET = {"env": "halfcheetah", "num_envs": 128, "return": 9000.0, "max_batch": 16_384, "max_drop": 0.2}
+# Changes to the auto regime tried on the target's env and size (`--levers`), as --set overrides;
+# "rule" is the plain rule, run beside them with the same seeds and length.
+LEVERS: dict[str, list[str]] = {
+    "rule": [],
+    "gamma_0.97": ["agent.algorithm.gamma=0.97"],
+    "policy_delay_1": ["agent.algorithm.policy_delay=1"],
+    "brn_momentum_0.1": ["agent.critic_net.batch_renorm.momentum=0.1"],
+    "critic_512": ["agent.critic_net.hidden=[512,512]"],
+    "alpha0_1": ["agent.algorithm.alpha_init=1.0"],
+}
 
 
 @dataclass
@@ -59,15 +69,17 @@ class Spec:
     seed: int
     grad_steps: int
     device: str
+    lever: str = "rule"
 
     @property
     def name(self) -> str:
-        return f"{self.part}-{self.env}-{self.num_envs}-{self.algo}-{self.seed}"
+        lever = "" if self.lever == "rule" else f"-{self.lever}"
+        return f"{self.part}-{self.env}-{self.num_envs}-{self.algo}{lever}-{self.seed}"
 
 
 def regime(spec: Spec) -> Config:
     cfg, _ = configure.build_config("auto", spec.device == "cuda",
-                                     flags={"env.name": spec.env, "env.num_envs": spec.num_envs})
+                                    flags={"env.name": spec.env, "env.num_envs": spec.num_envs})
     return cfg
 
 
@@ -82,7 +94,7 @@ def command(spec: Spec) -> list[str]:
             "--num-envs", str(n), "--algo", spec.algo, "--seed", str(spec.seed), "--device", spec.device,
             "--total-steps", str(EVALS_PER_RUN * eval_every), "--eval-every", str(eval_every),
             "--log-every", str(eval_every), "--eval-episodes", "5", "--checkpoint-every", "0",
-            "--out", str(RUNS_DIR / spec.name)]
+            "--out", str(RUNS_DIR / spec.name)] + [a for kv in LEVERS[spec.lever] for a in ("--set", kv)]
 
 
 def run(spec: Spec, budget_s: float) -> dict[str, Any]:
@@ -146,13 +158,13 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (part, env, algo, num_envs): means over seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["part"], r["env"], r["algo"], r["num_envs"]), []).append(r)
+        groups.setdefault((r["part"], r["env"], r["algo"], r["num_envs"], r.get("lever", "rule")), []).append(r)
     out = []
-    for (part, env, algo, n), runs in sorted(groups.items()):
+    for (part, env, algo, n, lever), runs in sorted(groups.items()):
         finals = [r["curve"][-1]["return"] for r in runs if r["curve"]]
         bests = [max(p["return"] for p in r["curve"]) for r in runs if r["curve"]]
         last = [r["curve"][-1] for r in runs if r["curve"]]
-        out.append({"part": part, "env": env, "algo": algo, "num_envs": n, "seeds": len(runs),
+        out.append({"part": part, "env": env, "algo": algo, "num_envs": n, "lever": lever, "seeds": len(runs),
                     "batch": runs[0]["batch_size"],
                     "grad_steps": statistics.mean(p["grad_steps"] for p in last) if last else None,
                     "env_steps": statistics.mean(p["env_steps"] for p in last) if last else None,
@@ -208,28 +220,35 @@ def return_at(curve: list[dict[str, Any]], grad_steps: int) -> float:
     return [p["return"] for p in curve if p["grad_steps"] <= grad_steps][-1]
 
 
-def plot(rows: list[dict[str, Any]], device: torch.device) -> None:
-    envs = sorted({r["env"] for r in rows})
-    fig = Figure(figsize=(15, 4 * len(envs)))
-    axes = fig.subplots(len(envs), 3, squeeze=False)
+def plot(rows: list[dict[str, Any]], device: torch.device, name: str) -> None:
+    """One row of panels per env (sizes, solid CrossQ, dashed SAC), and one for the levers."""
+    panels = [(env, [r for r in rows if r["env"] == env and r["part"] != "lever"])
+              for env in sorted({r["env"] for r in rows if r["part"] != "lever"})]
+    if any(r["part"] == "lever" for r in rows):
+        panels.append((f"{TARGET['env']} levers", [r for r in rows if r["part"] == "lever"]))
+    fig = Figure(figsize=(15, 4 * len(panels)))
+    axes = fig.subplots(len(panels), 3, squeeze=False)
     sizes = sorted({r["num_envs"] for r in rows})
-    colors = {n: f"C{i}" for i, n in enumerate(sizes)}
-    for row_axes, env in zip(axes, envs):
+    levers = list(LEVERS)
+    for row_axes, (title, group) in zip(axes, panels):
         for ax, x, label in zip(row_axes, ("grad_steps", "env_steps", "wall_s"),
                                 ("gradient steps", "env steps", "wall-clock (s)")):
-            for r in rows:
-                if r["env"] != env or not r["curve"]:
+            for r in group:
+                if not r["curve"]:
                     continue
+                lever = r["part"] == "lever"
+                color = f"C{levers.index(r['lever']) if lever else sizes.index(r['num_envs'])}"
+                name = r["lever"] if lever else f"{r['algo']} {r['num_envs']} envs"
                 ax.plot([p[x] for p in r["curve"]], [p["return"] for p in r["curve"]],
-                        color=colors[r["num_envs"]], ls="-" if r["algo"] == "crossq" else "--",
+                        color=color, ls="-" if r["algo"] == "crossq" else "--",
                         lw=2 if r["part"] == "target" else 1, alpha=0.8,
-                        label=f"{r['algo']} {r['num_envs']} envs" if r["seed"] == 0 else None)
+                        label=name if r["seed"] == min(q["seed"] for q in group) else None)
             ax.set_xlabel(label)
-            ax.set_ylabel(f"{env} eval return")
+            ax.set_ylabel(f"{title} eval return")
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7)
     fig.suptitle("--preset auto at each num_envs (solid CrossQ, dashed SAC; thick: the 128-env target run)")
-    save_png(fig, "parallel_envs", device)
+    save_png(fig, name, device)
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -244,10 +263,13 @@ def plan(args: argparse.Namespace) -> list[tuple[Spec, float]]:
                     for seed in args.seeds:
                         specs.append((Spec("sweep", env, n, algo, seed, args.grad_steps, args.device), args.budget_s))
         return specs
+    for lever in args.levers:
+        specs += [(Spec("lever", TARGET["env"], TARGET["num_envs"], "crossq", seed, args.lever_grad_steps,
+                        args.device, lever), args.target_budget_s) for seed in args.seeds]
     if args.target_grad_steps:
         specs += [(Spec("target", TARGET["env"], TARGET["num_envs"], "crossq", seed, args.target_grad_steps,
                         args.device), args.target_budget_s) for seed in args.seeds]
-    for env in args.envs:
+    for env in [] if args.no_sweep else args.envs:
         for algo in args.algos:
             for n in args.num_envs:
                 specs += [(Spec("sweep", env, n, algo, seed, args.grad_steps, args.device), args.budget_s)
@@ -264,6 +286,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--grad-steps", type=int, help="gradient steps of each sweep run (CPU 1,000; GPU 20,000)")
     p.add_argument("--target-grad-steps", type=int, default=5000, help="of the halfcheetah-128 run (0: skip)")
+    p.add_argument("--levers", nargs="*", default=[], choices=list(LEVERS),
+                   help="changes to the rule to try on the target's env and size (run first)")
+    p.add_argument("--lever-grad-steps", type=int, default=3000, help="of each --levers run")
+    p.add_argument("--results", default="parallel_envs",
+                   help="name of the JSON/PNG under benchmarks/results/ (one per part run apart)")
+    p.add_argument("--no-sweep", action="store_true", help="run only the target and the levers")
     p.add_argument("--budget-s", type=float, default=600, help="wall-clock cap of one sweep run")
     p.add_argument("--target-budget-s", type=float, default=2400, help="wall-clock cap of one target run")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (CPU: one per core)")
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def report() -> list[dict[str, Any]]:
         lines = summary(rows)
-        write_json("parallel_envs", device, rows, summary=lines, targets=targets(rows, lines), **meta)
+        write_json(args.results, device, rows, summary=lines, targets=targets(rows, lines), **meta)
         return lines
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -300,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(result)
             report()
     lines = report()
-    plot(rows, device)
-    print_table(lines, ["part", "env", "algo", "num_envs", "seeds", "batch", "grad_steps", "env_steps",
+    if rows:
+        plot(rows, device, args.results)
+    print_table(lines, ["part", "env", "algo", "num_envs", "lever", "seeds", "batch", "grad_steps", "env_steps",
                         "final", "best", "wall_s", "sps", "ups"])
     print("\n".join(targets(rows, lines)))
 

@@ -119,7 +119,7 @@ def preset_training_iter(task: Task) -> int:
     sets = [task.args[i + 1] for i, a in enumerate(task.args) if a == "--set"]
     num_envs = int(task.args[task.args.index("--num-envs") + 1])
     cfg, _ = configure.build_config(preset, cuda_available=True, overrides=sets,
-                                     flags={"env.name": task.env, "env.num_envs": num_envs})
+                                    flags={"env.name": task.env, "env.num_envs": num_envs})
     return cfg.agent.algorithm.training_iter
 
 

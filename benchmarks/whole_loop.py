@@ -39,11 +39,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build(args: argparse.Namespace, device: torch.device, overlap: bool, out: Path) -> Run:
+def build(args: argparse.Namespace, device: torch.device, out: Path) -> Run:
     cfg, _ = configure.build_config("auto", device.type == "cuda", flags={
         "env.name": args.env, "env.num_envs": args.num_envs, "run.device": device.type,
-        "run.eval_every": 0, "run.checkpoint_every": 0, "run.overlap": overlap,
-        "run.log_every": args.num_envs})
+        "run.eval_every": 0, "run.checkpoint_every": 0, "run.log_every": args.num_envs})
     return Run(cfg, out, device)
 
 
@@ -92,13 +91,16 @@ def main() -> None:
     if device.type == "cpu":  # one torch thread: on 2 cores XLA's step and the updates overlap, not spin
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {overlap: build(args, device, overlap, Path(tmp) / str(overlap)) for overlap in (False, True)}
-        regime = configure.describe_regime(runs[False].cfg)
+        # One run (one env, one compiled update) for every part: the loop reads run.overlap
+        # each time it starts, so the rounds switch it between loop measurements.
+        run = build(args, device, Path(tmp))
+        regime = configure.describe_regime(run.cfg)
         samples: dict[str, list[float]] = {"env": [], "updates": [], "loop": [], "loop_overlap": []}
         for _ in range(args.rounds):
-            for overlap, run in runs.items():
+            for overlap in (False, True):
+                run.cfg.run.overlap = overlap
                 samples["loop_overlap" if overlap else "loop"].append(loop_s(run, args.vector_steps, device))
-            env_s, updates_s = parts_s(runs[False], args.vector_steps, device)
+            env_s, updates_s = parts_s(run, args.vector_steps, device)
             samples["env"].append(env_s)
             samples["updates"].append(updates_s)
     med = {k: statistics.median(v) for k, v in samples.items()}
