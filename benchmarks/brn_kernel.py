@@ -32,12 +32,13 @@ from torch import Tensor
 
 from benchmarks.common import bench_ms, environment, print_table, save_png, write_json
 from crossq_gpu.capture import GraphedCall
-from crossq_gpu.kernels import batch_renorm
+from crossq_gpu.kernels import BrnParams, batch_renorm
 
 # name: (batch_renorm impl, under torch.compile)
 IMPLS = {"triton": ("triton", False), "triton_compiled": ("triton", True), "eager": ("torch", False),
          "compiled": ("torch", True), "torch_fast": ("torch_fast", False)}
 COLUMNS = ["c", "n", "impl", "ms", "gbps", "pct_peak", "x_eager", "x_inductor"]
+PAST_WARMUP = BrnParams(warmup_steps=0)  # r and d active from the first call
 
 
 def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device) -> Callable[[], None]:
@@ -53,11 +54,8 @@ def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device
              torch.zeros((), dtype=torch.long, device=device))
 
     def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return batch_renorm(
-            x, weight, bias, *stats, training=True, momentum=0.01, eps=1e-3, r_max=3.0,
-            d_max=5.0, warmup_steps=0, relu=relu,  # type: ignore[arg-type]
-            impl=IMPLS[impl][0],
-        )
+        return batch_renorm(x, weight, bias, *stats, PAST_WARMUP, training=True, relu=relu,  # type: ignore[arg-type]
+                            impl=IMPLS[impl][0])
 
     if IMPLS[impl][1]:
         torch._dynamo.reset()  # one compile per shape, without hitting the recompile limit
