@@ -22,11 +22,10 @@ import torch.multiprocessing as mp
 from crossq_gpu import learner
 from crossq_gpu.buffer import Batch
 from crossq_gpu.checkpoint import load_checkpoint
-from crossq_gpu.config import build_config
-from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_batch_renorm
+from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu
 from crossq_gpu.kernels import BatchRenorm1d, BrnParams
-from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, target_entropy
+from crossq_gpu.update import Update
+from tests.factories import ACT, B, N_ACTIONS, OBS, small_update
 from tests.fixed_batches import FixedBatches
 from tests.small_run import SMALL, comparable, rows
 
@@ -133,21 +132,14 @@ def test_synced_fused_paths_equal_the_synced_reference(tmp_path, impl):
                 torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=f"{case} {name} rank {r}")
 
 
-# --- the update --------------------------------------------------------------------------
-
-OBS, ACT, N_ACTIONS, B = 5, 2, 3, 16  # B rows per rank
+# --- the update (B rows per rank) ----------------------------------------------------------
 
 
 def make_update(discrete: bool, ranks: Ranks, batch_size: int, compiled: bool = False) -> Update:
-    cfg, _ = build_config("cpu", False, overrides=[
-        "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.net.batch_renorm=true",
-        f"agent.memory.batch_size={batch_size}", "agent.critic_net.batch_renorm.warmup_steps=2",
-        "agent.algorithm.policy_delay=1", f"run.compile={str(compiled).lower()}"])
     torch.manual_seed(0)  # the same initial weights in every process
-    agent = build_agent(cfg, OBS, None if discrete else ACT, N_ACTIONS if discrete else None)
-    sync_batch_renorm(agent, ranks)
-    return Update(agent, None, cfg, target_entropy(cfg, ACT, N_ACTIONS if discrete else None),
-                  torch.device("cpu"), ranks)
+    return small_update("agent.net.batch_renorm=true", f"agent.memory.batch_size={batch_size}",
+                        "agent.algorithm.policy_delay=1", f"run.compile={str(compiled).lower()}",
+                        discrete=discrete, ranks=ranks)
 
 
 def global_batches(discrete: bool, steps: int) -> list[Batch]:

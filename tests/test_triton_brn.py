@@ -20,10 +20,8 @@ import torch
 from torch import Tensor
 
 from crossq_gpu.buffer import Batch
-from crossq_gpu.config import build_config
 from crossq_gpu.kernels import BrnParams, batch_renorm, triton_brn
-from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update
+from tests.factories import ACT, B, OBS, small_update
 from tests.fixed_batches import FixedBatches
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,22 +147,19 @@ def test_crossq_update_with_triton_equals_reference() -> None:
     Eager steps: a CUDA graph would replay the one batch it captured, not the next one."""
     device = torch.device("cuda" if ON_GPU else "cpu")
     gen = torch.Generator(device).manual_seed(1)
-    batches = [Batch(torch.randn(16, 5, generator=gen, device=device), torch.rand(16, 2, generator=gen, device=device),
-                     torch.randn(16, generator=gen, device=device), torch.randn(16, 5, generator=gen, device=device),
-                     torch.zeros(16, device=device), None, torch.arange(16, device=device)) for _ in range(4)]
+    batches = [Batch(torch.randn(B, OBS, generator=gen, device=device), torch.rand(B, ACT, generator=gen, device=device),
+                     torch.randn(B, generator=gen, device=device), torch.randn(B, OBS, generator=gen, device=device),
+                     torch.zeros(B, device=device), None, torch.arange(B, device=device)) for _ in range(4)]
     finals = []
     for impl in ("triton", "torch"):
-        cfg, _ = build_config("cpu", False, overrides=[
-            "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.memory.batch_size=16",
-            "agent.critic_net.batch_renorm.warmup_steps=2", f"agent.critic_net.batch_renorm.impl={impl}",
-            "agent.algorithm.policy_delay=1", "run.compile=false", "run.cuda_graphs=false"])
         torch.manual_seed(0)
-        agent = build_agent(cfg, 5, 2, None).to(device)
-        update = Update(agent, FixedBatches(batches), cfg, -2.0, device)
+        update = small_update(f"agent.critic_net.batch_renorm.impl={impl}", "agent.algorithm.policy_delay=1",
+                              "run.cuda_graphs=false", device=device.type)
+        update.buffer = FixedBatches(batches)
         torch.manual_seed(2)  # the same policy noise for both
         for _ in batches:
             update.step()
-        finals.append(agent.state_dict())
+        finals.append(update.agent.state_dict())
     assert int(finals[0]["critic.mlp.norms.0.steps"]) == 4
     for name, want in finals[1].items():
         torch.testing.assert_close(finals[0][name], want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
@@ -257,7 +252,7 @@ for name in sorted(graphs):
 """
 
 
-@pytest.mark.skipif(ON_GPU, reason="on a GPU the compiled Triton path runs for real (tests/test_fast_path.py)")
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the compiled Triton path runs for real (tests/test_capture.py)")
 def test_triton_path_traces_under_torch_compile() -> None:
     """torch.compile(fullgraph=True) traces a training BRN call through the triton_ops, forward and
     backward, and torch's mutation analysis finds each kernel writing only its outputs (plus the
