@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from benchmarks.common import bench_ms, environment, print_table, save_png, write_json
+from benchmarks.common import bench_ms, environment, pick_device, print_table, save_png, write_json
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.kernels import BrnParams, batch_renorm
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     impls = [i for i in args.impls if IMPLS[i][0] != "triton" or device.type == "cuda"]
     if len(impls) < len(args.impls):
         print("Triton needs CUDA: timing the torch paths only.")
