@@ -30,14 +30,15 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from benchmarks.common import bench_ms, environment, print_table, save_png, write_json
+from benchmarks.common import bench_ms, environment, pick_device, print_table, save_png, write_json
 from crossq_gpu.capture import GraphedCall
-from crossq_gpu.kernels import batch_renorm
+from crossq_gpu.kernels import BrnParams, batch_renorm
 
 # name: (batch_renorm impl, under torch.compile)
 IMPLS = {"triton": ("triton", False), "triton_compiled": ("triton", True), "eager": ("torch", False),
          "compiled": ("torch", True), "torch_fast": ("torch_fast", False)}
 COLUMNS = ["c", "n", "impl", "ms", "gbps", "pct_peak", "x_eager", "x_inductor"]
+PAST_WARMUP = BrnParams(warmup_steps=0)  # r and d active from the first call
 
 
 def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device) -> Callable[[], None]:
@@ -53,11 +54,8 @@ def make_step(impl: str, n: int, c: int, e: int, relu: str, device: torch.device
              torch.zeros((), dtype=torch.long, device=device))
 
     def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return batch_renorm(
-            x, weight, bias, *stats, training=True, momentum=0.01, eps=1e-3, r_max=3.0,
-            d_max=5.0, warmup_steps=0, relu=relu,  # type: ignore[arg-type]
-            impl=IMPLS[impl][0],
-        )
+        return batch_renorm(x, weight, bias, *stats, PAST_WARMUP, training=True, relu=relu,  # type: ignore[arg-type]
+                            impl=IMPLS[impl][0])
 
     if IMPLS[impl][1]:
         torch._dynamo.reset()  # one compile per shape, without hitting the recompile limit
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     impls = [i for i in args.impls if IMPLS[i][0] != "triton" or device.type == "cuda"]
     if len(impls) < len(args.impls):
         print("Triton needs CUDA: timing the torch paths only.")

@@ -4,25 +4,23 @@ For each capacity the buffer is filled to the brim by `add` (timed: transitions/
 `sample` and, as the learner does it, `sample` + `update_priorities` are timed per batch
 size (transitions/s). Both buffers run in the same process so the PER/uniform ratios are
 comparable even on a shared machine. Writes benchmarks/results/buffer_throughput_<device>.json
-(+ .png) and prints a table.
+(+ .png) and prints a table; times are medians (`benchmarks.common.bench_ms`).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
-from torch.utils.benchmark import Timer
 
+from benchmarks.common import bench_ms, pick_device, print_table, save_png, write_json
 from crossq_gpu.buffer import BUFFERS, PrioritizedReplay, ReplayBuffer
 
-RESULTS = Path(__file__).parent / "results"
+COLUMNS = ["capacity", "batch", "add/s", "sample/s", "PER add/s", "PER sample/s", "PER +update/s",
+           "x_add", "x_sample", "x_update"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,31 +35,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (torch's default if unset); 1 avoids OpenMP barrier stalls on a busy shared CPU")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timed measurement")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default results/buffer_throughput_<device>.json)")
     return p.parse_args()
 
 
 def per_call_seconds(fn: Callable[[], object], device: torch.device, min_run_time: float) -> float:
-    """Median seconds per call; torch's Timer synchronises CUDA around each block."""
-    Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2)  # warm-up: thread pool, allocator
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, threads={torch.get_num_threads()}"
-    return platform.processor() or "cpu"
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    """Median seconds per call over about min_run_time seconds."""
+    return bench_ms(fn, device, rep_ms=1e3 * min_run_time) / 1e3
 
 
 def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -94,37 +73,24 @@ def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: t
     return rows
 
 
-def print_table(rows: list[dict]) -> str:
-    """One line per (capacity, batch): both buffers in transitions/s and the PER/uniform ratios."""
-    header = (f"{'capacity':>10} {'batch':>6} | {'add/s':>9} {'sample/s':>9} | {'PER add/s':>9} "
-              f"{'sample/s':>9} {'+update/s':>9} | {'add':>5} {'sample':>6} {'+upd':>5}")
-    lines = [header, "-" * len(header)]
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """One row per (capacity, batch): both buffers in transitions/s and the PER / uniform ratios."""
     by_key = {(r["buffer"], r["capacity"], r["batch_size"]): r for r in rows}
     per_name = next(name for name, cls in BUFFERS.items() if cls is PrioritizedReplay)
+    out = []
     for (name, capacity, batch_size), uni in by_key.items():
         if BUFFERS[name] is not ReplayBuffer:
             continue
         per = by_key[(per_name, capacity, batch_size)]
-        lines.append(
-            f"{capacity:>10.0e} {batch_size:>6} | {uni['add_per_s']:>9.3g} {uni['sample_per_s']:>9.3g} | "
-            f"{per['add_per_s']:>9.3g} {per['sample_per_s']:>9.3g} {per['sample_update_per_s']:>9.3g} | "
-            f"{per['add_per_s'] / uni['add_per_s']:>5.2f} {per['sample_per_s'] / uni['sample_per_s']:>6.2f} "
-            f"{per['sample_update_per_s'] / uni['sample_per_s']:>5.2f}"
-        )
-    table = "\n".join(lines)
-    print(table)
-    print("transitions/s; ratios are PrioritizedReplay / Replay (+upd: PER sample+update_priorities vs uniform sample)")
-    return table
+        out.append({"capacity": capacity, "batch": batch_size, "add/s": uni["add_per_s"],
+                    "sample/s": uni["sample_per_s"], "PER add/s": per["add_per_s"],
+                    "PER sample/s": per["sample_per_s"], "PER +update/s": per["sample_update_per_s"],
+                    "x_add": per["add_per_s"] / uni["add_per_s"], "x_sample": per["sample_per_s"] / uni["sample_per_s"],
+                    "x_update": per["sample_update_per_s"] / uni["sample_per_s"]})
+    return out
 
 
-def plot(rows: list[dict], title: str, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def plot(rows: list[dict], title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, style in zip(BUFFERS, ("-", "--")):
         for color, batch_size in enumerate(sorted({r["batch_size"] for r in rows})):
@@ -142,29 +108,22 @@ def plot(rows: list[dict], title: str, path: Path) -> bool:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     capacities = [int(c) for c in args.capacities if c <= args.max_capacity]
     rows = [row for capacity in capacities for name in BUFFERS for row in bench_capacity(name, capacity, args, device)]
-    table = print_table(rows)
-    meta = {"benchmark": "buffer_throughput", "device": device_name(device), "device_type": device.type,
-            "torch": torch.__version__, "python": platform.python_version(), "commit": git_commit(),
-            "config": {k: v for k, v in vars(args).items() if k not in ("out", "max_capacity")} | {"capacities": capacities}}
-    out = args.out or RESULTS / f"buffer_throughput_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "rows": rows, "table": table}, indent=1, default=str) + "\n")
-    png = out.with_suffix(".png")
-    wrote_png = plot(rows, f"buffer throughput — {meta['device']}, torch {meta['torch']}", png)
-    print(f"wrote {out}" + (f" and {png}" if wrote_png else ""))
+    print_table(ratio_rows(rows), COLUMNS)
+    print("transitions/s; x_*: PrioritizedReplay / Replay (x_update: PER sample + update_priorities vs uniform sample)")
+    config = {k: v for k, v in vars(args).items() if k != "max_capacity"} | {"capacities": capacities}
+    path = write_json("buffer_throughput", device, rows, config=config)
+    png = save_png(plot(rows, f"buffer throughput — {device.type}, torch {torch.__version__}"), "buffer_throughput", device)
+    print(f"wrote {path} and {png}")
 
 
 if __name__ == "__main__":

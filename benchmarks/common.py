@@ -5,6 +5,7 @@ Every benchmark writes `benchmarks/results/<name>_<device>.json` holding `enviro
 prints the rows as a table. Absolute times on shared machines vary, so a benchmark should
 compare its variants side by side in one run and report ratios too.
 
+    device = pick_device(args.device)
     env = environment(device)
     ms = bench_ms(lambda: step(), device)
     rows.append({"n": n, "impl": "triton", "ms": ms})
@@ -29,6 +30,8 @@ matplotlib.use("Agg")  # headless: benchmarks run on servers and in CI
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from crossq_gpu.atomic import atomic_write  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # Peak DRAM bandwidth (GB/s) by a substring of torch.cuda.get_device_name(); first match wins.
@@ -46,6 +49,20 @@ PEAK_GBPS: list[tuple[str, float]] = [
     ("A10G", 600.0),
     ("L4", 300.0),
 ]
+
+
+def pick_device(name: str) -> torch.device:
+    """A benchmark's --device as the learner resolves it (auto: CUDA where there is one); a device
+    that is not there, or no device at all, exits with one line."""
+    from crossq_gpu.config import ConfigError
+    from crossq_gpu.learner import resolve_device  # here: benchmarks.targets must start fast
+
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:  # it names the flag
+        raise SystemExit(f"error: {exc}") from None
+    except RuntimeError as exc:  # torch.device's own words for a name it does not know
+        raise SystemExit(f"error: --device {name}: {exc}") from None
 
 
 def device_name(device: torch.device) -> str:
@@ -115,6 +132,23 @@ def bench_ms(fn: Callable[[], object], device: torch.device, *, rep_ms: float = 
     return statistics.median(times)
 
 
+def calibrate(run: Callable[[int], object], unit: int, block_s: float) -> int:
+    """Steps for one timed block of about block_s seconds, a multiple of `unit`: run(unit) once to
+    warm up (compile, capture, allocate), then once timed."""
+    run(unit)
+    start = time.perf_counter()
+    run(unit)
+    per_step = (time.perf_counter() - start) / unit
+    return unit * max(1, round(block_s / per_step / unit))
+
+
+def rate(run: Callable[[int], object], steps: int) -> float:
+    """Steps per second of run(steps), which must return only when its work is finished."""
+    start = time.perf_counter()
+    run(steps)
+    return steps / (time.perf_counter() - start)
+
+
 def _slug(device: torch.device) -> str:
     return device.type if device.type != "cuda" else re.sub(r"[^a-z0-9]+", "_", device_name(device).lower()).strip("_")
 
@@ -130,9 +164,7 @@ def write_json(name: str, device: torch.device, rows: list[dict[str, Any]], **me
     complete file) and return the path."""
     path = result_path(name, device, ".json")
     doc = {"benchmark": name, "environment": environment(device), **meta, "rows": rows}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write((json.dumps(doc, indent=2, default=str) + "\n").encode()))
     return path
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.common import print_table, save_png, write_json
+from benchmarks.common import calibrate, pick_device, print_table, rate, save_png, write_json
 from benchmarks.update_throughput import POLICY_DELAY, ours
 from crossq_gpu.distributed import Ranks
 
@@ -62,19 +61,13 @@ def _rank_main(rank: int, k: int, folder: str, args: argparse.Namespace) -> None
 
 def _measure(run, ranks: Ranks, device: torch.device, args: argparse.Namespace) -> list[float]:
     """Updates/s per round; the step count is rank 0's choice, so every rank runs the same collectives."""
-    run(POLICY_DELAY)  # compile / capture / allocate
-    start = time.perf_counter()
-    run(POLICY_DELAY)
-    per_step = (time.perf_counter() - start) / POLICY_DELAY
-    steps = torch.tensor([POLICY_DELAY * max(1, round(args.block_s / per_step / POLICY_DELAY))], device=device)
+    steps = torch.tensor([calibrate(run, POLICY_DELAY, args.block_s)], device=device)
     dist.broadcast(steps, src=0)
     n = int(steps.item())
     ups = []
     for _ in range(args.rounds):
         dist.barrier()
-        start = time.perf_counter()
-        run(n)
-        ups.append(n / (time.perf_counter() - start))
+        ups.append(rate(run, n))
     return ups
 
 
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-s", type=float, default=0.5, help="target seconds per timed block")
     args = p.parse_args(argv)
 
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    cuda = pick_device(args.device).type == "cuda"
     args.device = "cuda" if cuda else "cpu"
     gpus = torch.cuda.device_count() if cuda else 0
     args.ranks = args.ranks or ([k for k in (1, 2, 4, 8) if k <= gpus] if cuda else [1, 2])

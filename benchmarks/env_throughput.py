@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from matplotlib.figure import Figure
 
-from benchmarks.common import print_table, save_png, write_json
+from benchmarks.common import pick_device, print_table, save_png, write_json
 from crossq_gpu.buffer import ReplayBuffer
 from crossq_gpu.envs import make_env
 from crossq_gpu.envs.brax import jax_module
@@ -103,7 +103,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     counts = [n for n in args.num_envs if args.max_envs is None or n <= args.max_envs]
     rows = []
     for backend in args.backends:

@@ -62,7 +62,7 @@ if u.find_spec(m) is None])'"
 if wants tests; then
     # CUDA-marked tests only: captured == eager, the compiled + captured + Triton update against the
     # eager reference (two torch.compiles and the Triton JIT), no host sync in acting or updating.
-    add tests_fast_path 50 - "$PYTEST $(per_test 40) -m cuda --junitxml=$OUT/tests_fast_path.xml tests/test_fast_path.py"
+    add tests_fast_path 50 - "$PYTEST $(per_test 40) -m cuda --junitxml=$OUT/tests_fast_path.xml tests/test_capture.py"
     # The Triton kernels on CUDA tensors; a subset whose kernel variants (each a JIT compile) fit:
     # wide channels (several blocks), ensembles, split batches and the CrossQ update with Triton.
     add tests_triton_brn 30 - "$PYTEST $(per_test 25) -k 'wide or ensemble or large_batch or crossq_update' \

@@ -371,9 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    device = "cuda" if args.suite == "gpu" else "cpu"
+def plan(args: argparse.Namespace) -> tuple[list[Task], list[str], list[Job]]:
+    """The suite's tasks, the variants, and one job per (task, seed, variant) with its command."""
     tasks = [t for t in SUITES[args.suite] if not args.envs or t.env in args.envs]
     variants = ["crossq", "sac", "sac-utd4"] + (list(SB3_VARIANTS) if args.compare else [])
     if args.compare:
@@ -390,22 +389,33 @@ def main(argv: list[str] | None = None) -> None:
             for variant in variants:
                 if variant in SB3_VARIANTS and not task.env.startswith("gym:"):
                     continue
-                out = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", task.env) / f"{variant}-s{seed}"
-                job = Job(task, variant, seed, out)
+                job = Job(task, variant, seed, root / re.sub(r"[^A-Za-z0-9_.-]+", "_", task.env) / f"{variant}-s{seed}")
                 job.cmd = command(job, steps, every)
                 jobs.append(job)
-    if args.dry_run:
-        print("\n".join(" ".join(j.cmd[1:]) for j in jobs))
-        return
+    return tasks, variants, jobs
+
+
+def run_all(jobs: list[Job], args: argparse.Namespace, device: str) -> tuple[dict[str, BaseException], dict[str, Any]]:
+    """Every job, `parallel` at a time: the failed ones by run folder, and how loaded the machine was."""
+    parallel = args.parallel or (2 if device == "cpu" else 1)
     load_before = os.getloadavg()
-    with ThreadPoolExecutor(max_workers=args.parallel or (2 if device == "cpu" else 1)) as pool:
-        futures = [pool.submit(run_job, j, j.task.time_budget_s * scale, device, args.fresh) for j in jobs]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(run_job, j, j.task.time_budget_s * args.budget_scale, device, args.fresh)
+                   for j in jobs]
     load_after = os.getloadavg()
     # One broken run must not cost the others' hour; running again redoes only the failed ones.
     failed = {str(j.out.relative_to(RUNS_DIR)): f.exception() for j, f in zip(jobs, futures) if f.exception()}
     for name, exc in failed.items():
         print(f"FAILED {name}: {exc}")
+    machine = {"parallel_runs": parallel, "cpu_count": os.cpu_count(), "loadavg_before": load_before,
+               "loadavg_after": load_after}
+    return failed, machine
 
+
+def report(tasks: list[Task], variants: list[str], jobs: list[Job], failed: dict[str, BaseException],
+           machine: dict[str, Any], args: argparse.Namespace, device: str) -> None:
+    """Read the finished runs, summarize them per env and variant, write the JSON and plots, print the table."""
+    scale = args.budget_scale
     runs = [read_run(j, j.task.threshold, j.task.time_budget_s * scale) for j in jobs
             if str(j.out.relative_to(RUNS_DIR)) not in failed]
     present = [v for v in variants if any(r["variant"] == v for r in runs)]
@@ -413,16 +423,24 @@ def main(argv: list[str] | None = None) -> None:
                for t in tasks for v in present if any(r["env"] == t.env and r["variant"] == v for r in runs)]
     add_verdicts(summary, runs)
     dev = torch.device(device)
+    digests = sorted({str(r["code_digest"]) for r in runs})
     meta = {"suite": args.suite, "seeds": args.seeds, "budget_scale": scale, "variants": present,
-            "tasks": [asdict(t) for t in tasks], "parallel_runs": args.parallel or (2 if device == "cpu" else 1),
-            "cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after,
-            "failed_runs": sorted(failed),
-            "code_digests": sorted({str(r["code_digest"]) for r in runs}),
+            "tasks": [asdict(t) for t in tasks], **machine, "failed_runs": sorted(failed), "code_digests": digests,
             "claim": "CrossQ reaches SAC's return 2-7x sooner in wall-clock with similar final return",
             "summary": summary}
     path = write_json("time_to_return", dev, runs, **meta)
     save_png(plot_curves(tasks, runs, present), "time_to_return", dev)
     save_png(plot_bars(tasks, summary, runs, present), "time_to_return_bars", dev)
+    print_summary(summary)
+    load_before, load_after = machine["loadavg_before"], machine["loadavg_after"]
+    print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {machine['cpu_count']} cores")
+    if len(digests) > 1:
+        print(f"warning: runs used different crossq_gpu sources ({', '.join(digests)})")
+    print(f"wrote {path}")
+
+
+def print_summary(summary: list[dict[str, Any]]) -> None:
+    """The summary as a table, bounds marked ('>' lower, '<' upper), and what its columns mean."""
 
     def bound(value: float | None, flag: bool) -> str | None:
         return None if value is None else (">" if flag else "") + f"{value:.2f}"
@@ -439,10 +457,17 @@ def main(argv: list[str] | None = None) -> None:
           "\nret_at_budget: eval return at the time budget; ms_per_env_step: run wall-clock / env steps;"
           "\nratio_thr: t_thr_s / CrossQ's; match_ratio: wall-clock for the variant to reach its own mean final"
           "\nreturn (match_target) / for CrossQ to reach it ('>' lower bound, '<' upper bound). Claim: 2-7x.")
-    print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores")
-    if len(meta["code_digests"]) > 1:
-        print(f"warning: runs used different crossq_gpu sources ({', '.join(meta['code_digests'])})")
-    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = "cuda" if args.suite == "gpu" else "cpu"
+    tasks, variants, jobs = plan(args)
+    if args.dry_run:
+        print("\n".join(" ".join(j.cmd[1:]) for j in jobs))
+        return
+    failed, machine = run_all(jobs, args, device)
+    report(tasks, variants, jobs, failed, machine, args, device)
 
 
 if __name__ == "__main__":

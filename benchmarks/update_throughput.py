@@ -36,7 +36,6 @@ import argparse
 import gc
 import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,12 +44,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.common import print_table, save_png, write_json
-from crossq_gpu.buffer import ReplayBuffer
+from benchmarks.common import calibrate, pick_device, print_table, rate, save_png, write_json
 from crossq_gpu.configure import build_config
-from crossq_gpu.distributed import Ranks, sync_batch_renorm
-from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update, set_matmul_precision
+from crossq_gpu.distributed import Ranks
+from crossq_gpu.synthetic import random_update
+from crossq_gpu.update import set_matmul_precision
 
 OBS, ACT = 17, 6  # HalfCheetah-v5 / Walker2d-v5 in Gymnasium
 ACTOR = [256, 256]
@@ -71,14 +69,7 @@ def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, act
         f"agent.net.batch_renorm={str(actor_brn).lower()}", f"agent.memory.batch_size={batch}",
         f"agent.algorithm.policy_delay={POLICY_DELAY}", f"run.compile={str(mode != 'eager').lower()}",
         f"run.cuda_graphs={str(mode == 'graphed').lower()}", f"run.autocast={autocast}"])
-    agent = build_agent(cfg, OBS, ACT, None).to(device)
-    sync_batch_renorm(agent, ranks)
-    buffer = ReplayBuffer(OBS, (ACT,), BUFFER, 1000, device)
-    for _ in range(BUFFER // 1000):
-        buffer.add(torch.randn(1000, OBS, device=device), torch.rand(1000, ACT, device=device) * 2 - 1,
-                   torch.randn(1000, device=device), torch.randn(1000, OBS, device=device),
-                   (torch.rand(1000, device=device) < 0.01).float())
-    update = Update(agent, buffer, cfg, device, ranks)
+    update = random_update(cfg, OBS, ACT, device=device, ranks=ranks, size=BUFFER, per_add=1000, done_prob=0.01)
 
     def run(k: int) -> None:
         for _ in range(k):
@@ -139,18 +130,12 @@ def measure(runs: dict[str, Run], rounds: int, block_s: float) -> dict[str, list
     """Updates/s of each variant per round, blocks interleaved; k per variant set so a block takes ~block_s."""
     steps = {}
     for name, run in runs.items():
-        run(POLICY_DELAY)  # compile / capture / allocate
-        start = time.perf_counter()
-        run(POLICY_DELAY)
-        per_step = (time.perf_counter() - start) / POLICY_DELAY
-        steps[name] = POLICY_DELAY * max(1, round(block_s / per_step / POLICY_DELAY))
+        steps[name] = calibrate(run, POLICY_DELAY, block_s)
         run(steps[name])  # SBX compiles once per distinct gradient_steps
     ups: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            start = time.perf_counter()
-            run(steps[name])
-            ups[name].append(steps[name] / (time.perf_counter() - start))
+            ups[name].append(rate(run, steps[name]))
     return ups
 
 
@@ -233,8 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
 
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
     set_matmul_precision(device)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # SBX beside torch on one GPU

@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from benchmarks.common import print_table, save_png, write_json
+from benchmarks.common import pick_device, print_table, save_png, write_json
 from crossq_gpu import configure
-from crossq_gpu.learner import resolve_device
 from crossq_gpu.training import Run
 
 
@@ -87,7 +86,7 @@ def parts_s(run: Run, vector_steps: int, device: torch.device) -> tuple[float, f
 
 def main() -> None:
     args = parse_args()
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     if device.type == "cpu":  # one torch thread: on 2 cores XLA's step and the updates overlap, not spin
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,14 +23,26 @@ class Actor(Protocol):
     def act(self, obs: torch.Tensor, deterministic: bool = ...) -> torch.Tensor: ...
 
 
+def _check_time_limit(env: VecEnv, steps: int) -> None:
+    """An episode still running `steps` steps in, at or past the env's own `max_episode_steps`:
+    an env that breaks its time limit would keep an evaluation looping forever."""
+    limit = env.max_episode_steps
+    if limit is not None and steps >= limit:
+        raise ValueError(f"{type(env).__name__}: an episode is still running after {steps} steps, but the env's "
+                         f"max_episode_steps is {limit}: step() must return truncated=True at its time limit")
+
+
 @torch.no_grad()
 def evaluate(agent: Actor, env: VecEnv, seed: int) -> tuple[float, float, int]:
     """Mean and std of the return of the first episode of each of env's num_envs envs."""
     obs = env.reset(seed=seed)
     returns = torch.zeros(env.num_envs, device=env.device)
     running = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
+    steps = 0
     while bool(running.any()):  # evaluation is not the hot loop: one sync per step is fine
+        _check_time_limit(env, steps)
         obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+        steps += 1
         returns += reward * running
         running &= ~(terminated | truncated)
     std = returns.std(unbiased=False) if env.num_envs > 1 else torch.zeros(())
@@ -45,6 +57,7 @@ def record_video(agent: Actor, env: VecEnv, seed: int, path: Path) -> None:
     frames = [env.render()]
     done = False
     while not done:
+        _check_time_limit(env, len(frames) - 1)
         obs, _, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
         done = bool((terminated | truncated).any())
         frames.append(env.render())

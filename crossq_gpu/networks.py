@@ -10,13 +10,14 @@ explicit `training` argument at every call site, so the update never flips modul
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossq_gpu.config import ActorNetConfig, BatchRenormConfig, Config, CriticNetConfig
-from crossq_gpu.kernels import BatchRenorm1d
+from crossq_gpu.kernels import BatchRenorm1d, BrnParams
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu}
 
@@ -84,9 +85,8 @@ class EnsembleMLP(nn.Module):
 
 
 def _brn(features: int, n: int, cfg: BatchRenormConfig, relu: str) -> BatchRenorm1d:
-    return BatchRenorm1d(features, momentum=cfg.momentum, eps=cfg.eps, r_max=cfg.r_max,
-                         d_max=cfg.d_max, warmup_steps=cfg.warmup_steps, relu=relu,
-                         ensemble_size=n, impl=cfg.impl)
+    params = BrnParams(**{f.name: getattr(cfg, f.name) for f in fields(BrnParams)})
+    return BatchRenorm1d(features, params, relu=relu, ensemble_size=n, impl=cfg.impl)
 
 
 class CriticEnsemble(nn.Module):

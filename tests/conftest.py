@@ -29,3 +29,11 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """Compiled losses are shared by every Update of the same structure: keep a test's out of the others."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from crossq_gpu.kernels import BatchRenorm1d, LazyBatchRenorm1d, batch_renorm
+from crossq_gpu.kernels import BatchRenorm1d, BrnParams, LazyBatchRenorm1d, batch_renorm
 
 HYPER = dict(momentum=0.01, eps=1e-3, r_max=3.0, d_max=5.0)
 
@@ -61,7 +61,7 @@ def close(a: Tensor, b: Tensor, tol: float = 1e-4) -> None:
 
 def test_warmup_equals_batchnorm1d() -> None:
     c, momentum, eps = 7, 0.3, 1e-3
-    brn = BatchRenorm1d(c, momentum=momentum, eps=eps)
+    brn = BatchRenorm1d(c, BrnParams(momentum=momentum, eps=eps))
     bn = nn.BatchNorm1d(c, eps=eps, momentum=momentum)
     with torch.no_grad():
         for m in (brn, bn):
@@ -92,7 +92,7 @@ def test_case_really_clips() -> None:
 @pytest.mark.parametrize("relu", ["none", "input", "output"])
 def test_after_warmup_equals_float64_formula(relu: str) -> None:
     n, c, warmup = 24, 10, 1
-    layer = BatchRenorm1d(c, warmup_steps=warmup, relu=relu, **HYPER)
+    layer = BatchRenorm1d(c, BrnParams(warmup_steps=warmup, **HYPER), relu=relu)
     x0, rm, rv = clipping_case(n, c)
     with torch.no_grad():
         layer.weight.copy_(torch.linspace(0.5, 2.0, c))
@@ -129,7 +129,7 @@ def test_training_needs_two_rows_eval_takes_one() -> None:
         layer.running_mean.fill_(0.5)
         layer.running_var.fill_(4.0)
     x = torch.randn(1, 3)
-    close(layer(x), (x - 0.5) / (4.0 + layer.eps) ** 0.5)
+    close(layer(x), (x - 0.5) / (4.0 + layer.params.eps) ** 0.5)
     assert layer.steps.item() == 0
 
 
@@ -144,8 +144,8 @@ def test_rejects_mismatched_shapes_and_options() -> None:
 
 def test_ensemble_equals_separate_layers() -> None:
     e, n, c = 3, 16, 5
-    ensemble = BatchRenorm1d(c, warmup_steps=2, ensemble_size=e, relu="output", **HYPER)
-    singles = [BatchRenorm1d(c, warmup_steps=2, relu="output", **HYPER) for _ in range(e)]
+    ensemble = BatchRenorm1d(c, BrnParams(warmup_steps=2, **HYPER), ensemble_size=e, relu="output")
+    singles = [BatchRenorm1d(c, BrnParams(warmup_steps=2, **HYPER), relu="output") for _ in range(e)]
     with torch.no_grad():
         ensemble.weight.uniform_(0.5, 2.0)
         ensemble.bias.uniform_(-1.0, 1.0)
@@ -178,7 +178,7 @@ def test_fused_relu_equals_composition(training: bool, steps: int) -> None:
     g = torch.randn(20, 5)
 
     def run(relu: str, composed: str) -> tuple[Tensor, ...]:
-        layer = BatchRenorm1d(5, warmup_steps=1, relu=relu, **HYPER).train(training)  # type: ignore[arg-type]
+        layer = BatchRenorm1d(5, BrnParams(warmup_steps=1, **HYPER), relu=relu).train(training)  # type: ignore[arg-type]
         with torch.no_grad():
             layer.weight.copy_(torch.tensor([1.0, -0.5, 2.0, 0.7, 1.3]))
             layer.bias.copy_(torch.tensor([0.1, 0.2, -0.3, 0.4, -0.5]))
@@ -201,12 +201,12 @@ def test_fused_relu_equals_composition(training: bool, steps: int) -> None:
 
 def test_lazy_infers_num_features() -> None:
     x = torch.randn(8, 6)
-    lazy = LazyBatchRenorm1d(warmup_steps=3, relu="input")
+    lazy = LazyBatchRenorm1d(BrnParams(warmup_steps=3), relu="input")
     y = lazy(x)
     assert type(lazy) is BatchRenorm1d and lazy.num_features == 6
     assert lazy.weight.shape == lazy.running_var.shape == (6,)
-    assert lazy.steps.item() == 1 and lazy.relu == "input" and lazy.warmup_steps == 3
-    eager = BatchRenorm1d(6, warmup_steps=3, relu="input")
+    assert lazy.steps.item() == 1 and lazy.relu == "input" and lazy.params.warmup_steps == 3
+    eager = BatchRenorm1d(6, BrnParams(warmup_steps=3), relu="input")
     close(y, eager(x), 0)
     close(lazy.running_var, eager.running_var, 0)
     lazy_ens = LazyBatchRenorm1d(ensemble_size=2)
@@ -215,8 +215,8 @@ def test_lazy_infers_num_features() -> None:
 
 
 def test_float32_under_bf16_autocast() -> None:
-    layer = BatchRenorm1d(8, **HYPER)
-    reference = BatchRenorm1d(8, **HYPER)
+    layer = BatchRenorm1d(8, BrnParams(**HYPER))
+    reference = BatchRenorm1d(8, BrnParams(**HYPER))
     linear = nn.Linear(4, 8)
     x = torch.randn(16, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -233,10 +233,11 @@ def test_float32_under_bf16_autocast() -> None:
 def test_compiled_fullgraph_matches_eager_across_warmup() -> None:
     """Three train calls (steps 0, 1 warm up; 2 renormalises) then an eval call, in one graph."""
 
+    params = BrnParams(warmup_steps=2, momentum=0.1, eps=1e-3, r_max=1.5, d_max=0.5)
+
     def run(x: Tensor, w: Tensor, b: Tensor, rm: Tensor, rv: Tensor, steps: Tensor) -> Tensor:
-        kw = dict(warmup_steps=2, relu="output", momentum=0.1, eps=1e-3, r_max=1.5, d_max=0.5)
-        ys = [batch_renorm(x * (i + 1), w, b, rm, rv, steps, training=True, **kw) for i in range(3)]
-        ys.append(batch_renorm(x, w, b, rm, rv, steps, training=False, **kw))
+        ys = [batch_renorm(x * (i + 1), w, b, rm, rv, steps, params, training=True, relu="output") for i in range(3)]
+        ys.append(batch_renorm(x, w, b, rm, rv, steps, params, training=False, relu="output"))
         return torch.stack(ys)
 
     x0 = torch.randn(2, 33, 5) * 4 + 3
@@ -255,7 +256,7 @@ def test_compiled_fullgraph_matches_eager_across_warmup() -> None:
 
 
 def test_module_surface() -> None:
-    layer = BatchRenorm1d(4, ensemble_size=2, relu="output", warmup_steps=10)
+    layer = BatchRenorm1d(4, BrnParams(warmup_steps=10), ensemble_size=2, relu="output")
     text = repr(layer)
     for part in ("4,", "momentum=0.01", "eps=0.001", "r_max=3.0", "d_max=5.0", "warmup_steps=10",
                  "relu='output'", "ensemble_size=2", "impl='auto'"):
@@ -280,7 +281,7 @@ def test_hand_written_backward_equals_reference(relu: str, steps: int, ensemble:
         w = torch.linspace(-1.5, 2.0, x0.numel() // x0.shape[-2]).view(rm0.shape).requires_grad_()
         b = torch.linspace(-0.5, 0.5, w.numel()).view(rm0.shape).requires_grad_()
         state = (rm0.clone(), rv0.clone(), torch.tensor(steps))
-        y = batch_renorm(x, w, b, *state, training=True, warmup_steps=1, relu=relu, impl=impl, **HYPER)  # type: ignore[arg-type]
+        y = batch_renorm(x, w, b, *state, BrnParams(warmup_steps=1, **HYPER), training=True, relu=relu, impl=impl)  # type: ignore[arg-type]
         return [y, *grads(y, g, x, w, b), *state]
 
     for fast, ref in zip(run("torch_fast"), run("torch")):
@@ -296,7 +297,7 @@ def test_hand_written_backward_gradcheck_float64() -> None:
     for relu in ("none", "input", "output"):
         def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
             state = (rm.double(), rv.double(), torch.tensor(0))
-            return batch_renorm_train(x, w, b, *state, warmup_steps=1, relu=relu, **HYPER)  # type: ignore[arg-type]
+            return batch_renorm_train(x, w, b, *state, BrnParams(warmup_steps=1, **HYPER), relu=relu)  # type: ignore[arg-type]
 
         inputs = (x0.double().requires_grad_(), torch.linspace(0.5, 2.0, 5, dtype=torch.float64).requires_grad_(),
                   torch.linspace(-1.0, 1.0, 5, dtype=torch.float64).requires_grad_())

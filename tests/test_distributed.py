@@ -22,16 +22,16 @@ import torch.multiprocessing as mp
 from crossq_gpu import learner
 from crossq_gpu.buffer import Batch
 from crossq_gpu.checkpoint import load_checkpoint
-from crossq_gpu.configure import build_config
-from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu, sync_batch_renorm
-from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
-from crossq_gpu.networks import build_agent
+from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu
+from crossq_gpu.kernels import BatchRenorm1d, BrnParams
 from crossq_gpu.update import Update
+from tests.factories import ACT, B, N_ACTIONS, OBS, small_update
 from tests.fixed_batches import FixedBatches
 from tests.small_run import SMALL, comparable, rows
 
 WORLD = 2
-HYPER = dict(momentum=0.1, eps=1e-3, r_max=1.5, d_max=0.5)
+PARAMS = BrnParams(momentum=0.1, eps=1e-3, r_max=1.5, d_max=0.5, warmup_steps=4)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def spawn(fn, tmp_path: Path, *args) -> list[dict]:
@@ -57,12 +57,13 @@ CASES = [  # (relu, ensemble, after warmup)
 ]
 
 
-def brn_case(relu: str, ensemble: int | None, warm_done: bool) -> tuple[BatchRenorm1d, torch.Tensor, torch.Tensor]:
+def brn_case(relu: str, ensemble: int | None, warm_done: bool,
+             impl: str = "torch") -> tuple[BatchRenorm1d, torch.Tensor, torch.Tensor]:
     """A BRN layer, a global batch x [.., 2·N, C] (with N = 7 rows per rank) and an upstream gradient."""
     gen = torch.Generator().manual_seed(3)
     c, n = 5, WORLD * 7
     lead = () if ensemble is None else (ensemble,)
-    layer = BatchRenorm1d(c, warmup_steps=4, relu=relu, ensemble_size=ensemble, impl="torch", **HYPER)
+    layer = BatchRenorm1d(c, PARAMS, relu=relu, ensemble_size=ensemble, impl=impl)  # type: ignore[arg-type]
     with torch.no_grad():
         layer.weight.copy_(torch.rand(*lead, c, generator=gen) + 0.5)
         layer.bias.copy_(torch.randn(*lead, c, generator=gen))
@@ -84,10 +85,10 @@ def run_brn(layer: BatchRenorm1d, x: torch.Tensor, grad: torch.Tensor, compiled:
             **{k: v.clone() for k, v in layer.named_buffers()}}
 
 
-def synced_brn_rank(ranks: Ranks, compiled: bool) -> list[dict]:
+def synced_brn_rank(ranks: Ranks, compiled: bool, impl: str = "torch") -> list[dict]:
     out = []
     for case in CASES:
-        layer, x, grad = brn_case(*case)
+        layer, x, grad = brn_case(*case, impl)
         layer.process_group = ranks.group
         rows = x.shape[-2] // WORLD
         mine = slice(ranks.rank * rows, (ranks.rank + 1) * rows)
@@ -114,20 +115,31 @@ def test_synced_brn_equals_one_process_on_the_concatenated_batch(tmp_path, compi
                                        msg=f"{case} {name}")
 
 
-# --- the update --------------------------------------------------------------------------
+def synced_impls_rank(ranks: Ranks, impls: tuple[str, ...]) -> dict[str, list[dict]]:
+    return {impl: synced_brn_rank(ranks, False, impl) for impl in impls}
 
-OBS, ACT, N_ACTIONS, B = 5, 2, 3, 16  # B rows per rank
+
+@pytest.mark.parametrize("impl", ["torch_fast", pytest.param("triton", marks=pytest.mark.skipif(
+    not INTERPRET, reason="the Triton kernels on CPU tensors need TRITON_INTERPRET=1"))])
+def test_synced_fused_paths_equal_the_synced_reference(tmp_path, impl):
+    """The hand-written backward and the Triton kernels (under the interpreter) in a 2-rank gloo
+    group: outputs, input and parameter gradients and running statistics of every rank as
+    those of the composed reference's all-reduce path."""
+    per_rank = spawn(synced_impls_rank, tmp_path, ("torch", impl))
+    for r, results in enumerate(per_rank):
+        for case, got, want in zip(CASES, results[impl], results["torch"]):
+            for name, value in want.items():
+                torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=f"{case} {name} rank {r}")
+
+
+# --- the update (B rows per rank) ----------------------------------------------------------
 
 
 def make_update(discrete: bool, ranks: Ranks, batch_size: int, compiled: bool = False) -> Update:
-    cfg, _ = build_config("cpu", False, overrides=[
-        "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.net.batch_renorm=true",
-        f"agent.memory.batch_size={batch_size}", "agent.critic_net.batch_renorm.warmup_steps=2",
-        "agent.algorithm.policy_delay=1", f"run.compile={str(compiled).lower()}"])
     torch.manual_seed(0)  # the same initial weights in every process
-    agent = build_agent(cfg, OBS, None if discrete else ACT, N_ACTIONS if discrete else None)
-    sync_batch_renorm(agent, ranks)
-    return Update(agent, None, cfg, torch.device("cpu"), ranks)
+    return small_update("agent.net.batch_renorm=true", f"agent.memory.batch_size={batch_size}",
+                        "agent.algorithm.policy_delay=1", f"run.compile={str(compiled).lower()}",
+                        discrete=discrete, ranks=ranks)
 
 
 def global_batches(discrete: bool, steps: int) -> list[Batch]:

@@ -55,3 +55,35 @@ def test_bad_checkpoint(tmp_path):
     (tmp_path / "checkpoint.pt").write_text("garbage")
     result = evaluate_cli(str(tmp_path), "--device", "cpu")
     assert result.returncode != 0 and "Traceback" not in result.stderr and "corrupt" in result.stderr
+
+
+class StepCounter:
+    """Two envs that declare a 3-step time limit, earn 1 per step and end together after `end_at` steps."""
+
+    num_envs, obs_dim, act_dim, num_actions, max_episode_steps, device = 2, 1, 1, None, 3, torch.device("cpu")
+
+    def __init__(self, end_at: int | None) -> None:
+        self.end_at, self.t = end_at, 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return torch.zeros(2, 1)
+
+    def step(self, action):
+        self.t += 1
+        ended = torch.full((2,), self.t == self.end_at)
+        return torch.zeros(2, 1), torch.ones(2), torch.zeros(2, dtype=torch.bool), ended, {"final_obs": torch.zeros(2, 1)}
+
+
+class StandStill:
+    def act(self, obs, deterministic=False):
+        return torch.zeros(obs.shape[0], 1)
+
+
+def test_an_env_past_its_time_limit_is_an_error_not_an_endless_evaluation():
+    env = StepCounter(end_at=3)
+    assert evaluate(StandStill(), env, seed=0) == (3.0, 0.0, 2) and env.t == 3
+    env = StepCounter(end_at=None)
+    with pytest.raises(ValueError, match="still running after 3 steps, but the env's max_episode_steps is 3"):
+        evaluate(StandStill(), env, seed=0)
+    assert env.t == 3

@@ -1,10 +1,12 @@
-"""StackedLinear: n independent Linear layers, whichever matmul path the width takes."""
+"""The networks: StackedLinear, every critic layout against plain torch.nn, discrete acting."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from crossq_gpu.networks import StackedLinear
+from crossq_gpu.networks import StackedLinear, build_agent, gumbel_max_sample
+from tests.factories import ACT, B, OBS, small_config
 
 
 @pytest.mark.parametrize("out_features", [1, 3])  # 1: the Q head's dot-product path
@@ -24,3 +26,72 @@ def test_stacked_linear_equals_independent_linears_with_gradients(out_features):
     y_ref.backward(g)
     for ours, ref in ((x.grad, x_ref.grad), (layer.weight.grad, w_ref.grad), (layer.bias.grad, b_ref.grad)):
         torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+@pytest.mark.parametrize("brn_order", ["post_activation", "pre_activation"])
+@pytest.mark.parametrize("input_brn", [True, False])
+def test_crossq_critic_member_equals_an_independent_batchnorm_mlp(activation, brn_order, input_brn):
+    """During warmup BRN is BatchNorm; ensemble member j must equal a plain nn.Sequential with j's
+    weights, in every layout: BRN before or after the activation (fused ReLU or not), with or
+    without the input BRN."""
+    cfg = small_config("agent.critic_net.batch_renorm.warmup_steps=1000", f"agent.critic_net.activation={activation}",
+                       f"agent.critic_net.brn_order={brn_order}", f"agent.critic_net.input_brn={str(input_brn).lower()}")
+    critic = build_agent(cfg, OBS, ACT, None).critic
+    mlp = critic.mlp
+    j = 1
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}[activation]
+    layers: list[nn.Module] = [nn.BatchNorm1d(OBS + ACT, eps=1e-3, momentum=0.01)] if input_brn else []
+    for lin in mlp.linears:
+        linear = nn.Linear(*lin.weight.shape[1:])
+        linear.weight.data = lin.weight[j].T.clone()
+        linear.bias.data = lin.bias[j, 0].clone()
+        norm = nn.BatchNorm1d(linear.out_features, eps=1e-3, momentum=0.01)
+        layers += [linear, act(), norm] if brn_order == "post_activation" else [linear, norm, act()]
+    head = nn.Linear(*mlp.head.weight.shape[1:])
+    head.weight.data, head.bias.data = mlp.head.weight[j].T.clone(), mlp.head.bias[j, 0].clone()
+    reference = nn.Sequential(*layers, head).train()
+    x = torch.randn(B, OBS + ACT) * 2 + 0.5
+    ours = critic(x[:, :OBS], x[:, OBS:], training=True)[j]
+    assert torch.allclose(ours, reference(x).squeeze(-1), atol=1e-5)
+
+
+CHI2_999_DF4 = 18.47  # 99.9 % quantile of chi-square with 4 degrees of freedom: a 1-in-1000 false alarm
+PROBS = torch.tensor([0.5, 0.25, 0.15, 0.09, 0.01])
+
+
+def chi_square(counts: torch.Tensor, expected: torch.Tensor) -> float:
+    """Pearson's statistic of observed counts against expected ones."""
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def chi_square_two_samples(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Whether two equal-sized samples' counts come from one distribution (homogeneity test)."""
+    return float(((a - b) ** 2 / (a + b)).sum())
+
+
+def counts(actions: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(actions, minlength=len(PROBS)).double()
+
+
+def test_gumbel_max_sampling_matches_multinomial() -> None:
+    n = 200_000
+    log_probs = PROBS.log().expand(n, -1)
+    gumbel = counts(gumbel_max_sample(log_probs))
+    multinomial = counts(torch.multinomial(PROBS.expand(n, -1), 1).squeeze(-1))
+    assert chi_square_two_samples(gumbel, multinomial) < CHI2_999_DF4
+    assert chi_square(gumbel, n * PROBS.double()) < CHI2_999_DF4
+    # The check has the power to see a sampler 5 % off in temperature.
+    assert chi_square_two_samples(counts(gumbel_max_sample(1.05 * log_probs)), multinomial) > CHI2_999_DF4
+
+
+def test_discrete_acting_compiles_to_one_graph(fresh_dynamo: None) -> None:
+    """fullgraph=True: no graph break in the acting step (an `.item()` or a branch on a tensor
+    would be one), and its draws, from Inductor's own RNG, still follow the policy."""
+    agent = build_agent(small_config(), OBS, None, len(PROBS))
+    n = 100_000
+    obs = torch.randn(1, OBS).expand(n, -1)
+    actions = torch.compile(agent.act, fullgraph=True)(obs, deterministic=False)
+    probs = agent.actor(obs[:1], training=False)[0][0].detach().double()
+    assert actions.shape == (n,) and actions.dtype == torch.int64
+    assert chi_square(counts(actions), n * probs) < CHI2_999_DF4

@@ -20,10 +20,8 @@ import torch
 from torch import Tensor
 
 from crossq_gpu.buffer import Batch
-from crossq_gpu.configure import build_config
-from crossq_gpu.kernels import batch_renorm, triton_brn
-from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update
+from crossq_gpu.kernels import BrnParams, batch_renorm, triton_brn
+from tests.factories import ACT, B, OBS, small_update
 from tests.fixed_batches import FixedBatches
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -38,7 +36,7 @@ def _kernel_device():
     """Every tensor a test makes lives where the kernels run: CUDA on a GPU, else the CPU (interpreter)."""
     with torch.device("cuda" if ON_GPU else "cpu"):
         yield
-HYPER = dict(momentum=0.1, eps=1e-3, r_max=3.0, d_max=5.0, warmup_steps=1)
+PARAMS = BrnParams(momentum=0.1, eps=1e-3, r_max=3.0, d_max=5.0, warmup_steps=1)
 
 
 def clipping_case(shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
@@ -58,7 +56,7 @@ def run(impl: str, x0: Tensor, rm: Tensor, rv: Tensor, steps: int, g: Tensor, **
     weight = torch.linspace(-1.5, 2.0, x.shape[-1]).expand(rm.shape).clone().requires_grad_()
     bias = torch.linspace(-0.5, 0.5, x.shape[-1]).expand(rm.shape).clone().requires_grad_()
     state = (rm.clone(), rv.clone(), torch.tensor(steps))
-    y = batch_renorm(x, weight, bias, *state, impl=impl, **HYPER, **kw)  # type: ignore[arg-type]
+    y = batch_renorm(x, weight, bias, *state, PARAMS, impl=impl, **kw)  # type: ignore[arg-type]
     dx, dw, db = torch.autograd.grad(y, (x, weight, bias), g)
     return [y, dx, dw, db, *state]
 
@@ -101,8 +99,8 @@ def test_no_input_grad_skips_dx() -> None:
     got, want = [], []
     for impl, out in (("triton", got), ("torch", want)):
         w = torch.ones(5, requires_grad=True)
-        y = batch_renorm(x, w, torch.zeros(5), rm.clone(), rv.clone(), torch.tensor(1),
-                         training=True, impl=impl, **HYPER)  # type: ignore[arg-type]
+        y = batch_renorm(x, w, torch.zeros(5), rm.clone(), rv.clone(), torch.tensor(1), PARAMS,
+                         training=True, impl=impl)  # type: ignore[arg-type]
         out.append(torch.autograd.grad(y.square().sum(), w)[0])
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
 
@@ -113,8 +111,8 @@ def test_large_batch_statistics_are_exact() -> None:
     x = x + torch.tensor([1e3, -50.0, 0.0], dtype=torch.float64)
     # momentum 1 from zeros: the running statistics become the batch's (unbiased variance).
     running_mean, running_var = torch.zeros(3), torch.zeros(3)
-    mean, rstd, _, _ = triton_brn.brn_train_stats(x.float(), running_mean, running_var, torch.tensor(0), False,
-                                                  momentum=1.0, eps=1e-3, r_max=3.0, d_max=5.0, warmup_steps=0)
+    mean, rstd, _, _ = triton_brn.train_stats(x.float(), running_mean, running_var, torch.tensor(0), False,
+                                              BrnParams(momentum=1.0, eps=1e-3, r_max=3.0, d_max=5.0, warmup_steps=0))
     exact = x.float().double()
     torch.testing.assert_close(mean.double(), exact.mean(0), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(running_mean.double(), exact.mean(0), rtol=1e-6, atol=1e-6)
@@ -140,7 +138,7 @@ def test_auto_dispatch_uses_reference_on_cpu(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(dispatch.triton_brn, "brn_apply", fail)
     with torch.device("cpu"):
         x, rm, rv = clipping_case((8, 5))
-        batch_renorm(x, torch.ones(5), torch.zeros(5), rm, rv, torch.tensor(0), training=True, **HYPER)  # type: ignore[arg-type]
+        batch_renorm(x, torch.ones(5), torch.zeros(5), rm, rv, torch.tensor(0), PARAMS, training=True)
 
 
 def test_crossq_update_with_triton_equals_reference() -> None:
@@ -149,22 +147,19 @@ def test_crossq_update_with_triton_equals_reference() -> None:
     Eager steps: a CUDA graph would replay the one batch it captured, not the next one."""
     device = torch.device("cuda" if ON_GPU else "cpu")
     gen = torch.Generator(device).manual_seed(1)
-    batches = [Batch(torch.randn(16, 5, generator=gen, device=device), torch.rand(16, 2, generator=gen, device=device),
-                     torch.randn(16, generator=gen, device=device), torch.randn(16, 5, generator=gen, device=device),
-                     torch.zeros(16, device=device), None, torch.arange(16, device=device)) for _ in range(4)]
+    batches = [Batch(torch.randn(B, OBS, generator=gen, device=device), torch.rand(B, ACT, generator=gen, device=device),
+                     torch.randn(B, generator=gen, device=device), torch.randn(B, OBS, generator=gen, device=device),
+                     torch.zeros(B, device=device), None, torch.arange(B, device=device)) for _ in range(4)]
     finals = []
     for impl in ("triton", "torch"):
-        cfg, _ = build_config("cpu", False, overrides=[
-            "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]", "agent.memory.batch_size=16",
-            "agent.critic_net.batch_renorm.warmup_steps=2", f"agent.critic_net.batch_renorm.impl={impl}",
-            "agent.algorithm.policy_delay=1", "run.compile=false", "run.cuda_graphs=false"])
         torch.manual_seed(0)
-        agent = build_agent(cfg, 5, 2, None).to(device)
-        update = Update(agent, FixedBatches(batches), cfg, device)  # H̄ = −|A| = −2
+        update = small_update(f"agent.critic_net.batch_renorm.impl={impl}", "agent.algorithm.policy_delay=1",
+                              "run.cuda_graphs=false", device=device.type)
+        update.buffer = FixedBatches(batches)
         torch.manual_seed(2)  # the same policy noise for both
         for _ in batches:
             update.step()
-        finals.append(agent.state_dict())
+        finals.append(update.agent.state_dict())
     assert int(finals[0]["critic.mlp.norms.0.steps"]) == 4
     for name, want in finals[1].items():
         torch.testing.assert_close(finals[0][name], want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
@@ -222,7 +217,7 @@ class TargetOnly:  # enough of a Triton driver for torch's kernel-mutation analy
 
 
 triton.runtime.driver.set_active(TargetOnly())
-from crossq_gpu.kernels import batch_renorm, triton_brn
+from crossq_gpu.kernels import BrnParams, batch_renorm, triton_brn
 
 triton_brn._target_programs = lambda device: 16
 os.environ["TRITON_INTERPRET"] = "1"  # after the kernels were built: only lets the dispatcher pick Triton on CPU
@@ -237,9 +232,11 @@ def keep(name):
     return compiler
 
 
+PARAMS = BrnParams(warmup_steps=0)
+
+
 def layer(x, w, b, rm, rv, steps):
-    return batch_renorm(x, w, b, rm, rv, steps, training=True, momentum=0.01, eps=1e-3, r_max=3.0, d_max=5.0,
-                        warmup_steps=0, relu="input", impl="triton").sum()
+    return batch_renorm(x, w, b, rm, rv, steps, PARAMS, training=True, relu="input", impl="triton").sum()
 
 
 fn = torch.compile(layer, backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")), fullgraph=True)
@@ -255,7 +252,7 @@ for name in sorted(graphs):
 """
 
 
-@pytest.mark.skipif(ON_GPU, reason="on a GPU the compiled Triton path runs for real (tests/test_fast_path.py)")
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the compiled Triton path runs for real (tests/test_capture.py)")
 def test_triton_path_traces_under_torch_compile() -> None:
     """torch.compile(fullgraph=True) traces a training BRN call through the triton_ops, forward and
     backward, and torch's mutation analysis finds each kernel writing only its outputs (plus the

@@ -1,34 +1,14 @@
-"""The CrossQ and SAC updates: the joint forward, modes, targets, α, and compilation."""
+"""The CrossQ and SAC updates: the joint forward, modes, targets, α, compilation (fresh noise
+every call), bf16 autocast."""
 
 import copy
 
 import pytest
 import torch
-from torch import nn
 
-from crossq_gpu.buffer import PrioritizedReplay, ReplayBuffer, make_buffer
-from crossq_gpu.configure import build_config
-from crossq_gpu.metrics import TRAIN_FIELDS
-from crossq_gpu.networks import build_agent
-from crossq_gpu.update import Update
-
-OBS, ACT, B = 5, 2, 16
-
-
-def make(algo="CrossQ", discrete=False, compile=False, extra=()):
-    cfg, _ = build_config("cpu", False, overrides=[
-        f"agent.algorithm.name={algo}", "agent.critic_net.hidden=[32, 32]", "agent.net.hidden=[32, 32]",
-        f"agent.memory.batch_size={B}", "agent.critic_net.batch_renorm.warmup_steps=2",
-        f"run.compile={str(compile).lower()}", *extra])
-    num_actions = 3 if discrete else None
-    agent = build_agent(cfg, OBS, None if discrete else ACT, num_actions)
-    buffer = ReplayBuffer(OBS, () if discrete else (ACT,), max_size=256, num_envs=8, device="cpu",
-                          action_dtype=torch.int64 if discrete else torch.float32)
-    for _ in range(8):
-        action = torch.randint(3, (8,)) if discrete else torch.rand(8, ACT) * 2 - 1
-        buffer.add(torch.randn(8, OBS), action, torch.randn(8), torch.randn(8, OBS), (torch.rand(8) < 0.1).float())
-    update = Update(agent, buffer, cfg, torch.device("cpu"))
-    return cfg, agent, buffer, update
+from crossq_gpu.kernels import BatchRenorm1d
+from crossq_gpu.networks import StackedLinear
+from tests.factories import ACT, B, small_update
 
 
 def brn_state(module):
@@ -38,7 +18,8 @@ def brn_state(module):
 
 @pytest.mark.parametrize("discrete", [False, True])
 def test_crossq_runs_one_joint_critic_forward_on_2B_rows(discrete):
-    _, agent, buffer, update = make(discrete=discrete)
+    update = small_update(discrete=discrete)
+    agent, buffer = update.agent, update.buffer
     calls = []
     agent.critic.register_forward_hook(lambda m, args, kwargs, out: calls.append((args[0].shape[0], kwargs["training"])),
                                        with_kwargs=True)
@@ -48,8 +29,8 @@ def test_crossq_runs_one_joint_critic_forward_on_2B_rows(discrete):
 
 def test_joint_forward_uses_statistics_of_both_halves():
     """Q(s,a) from the joint pass differs from a pass over (s,a) alone: the batch statistics are shared."""
-    _, agent, buffer, _ = make()
-    batch = buffer.sample(B)
+    update = small_update()
+    agent, batch = update.agent, update.buffer.sample(B)
     a2 = torch.rand(B, ACT)
     joint = agent.critic(torch.cat([batch.obs, batch.next_obs]), torch.cat([batch.action, a2]), training=True)[:, :B]
     alone = agent.critic(batch.obs, batch.action, training=True)
@@ -57,14 +38,15 @@ def test_joint_forward_uses_statistics_of_both_halves():
 
 
 def test_actor_step_uses_eval_critics_and_changes_no_brn_statistic():
-    _, agent, buffer, update = make()
+    update = small_update()
+    agent = update.agent
     update.step()  # one critic step so the statistics are not the initial ones
     before_stats = brn_state(agent.critic)
     before_params = [p.clone() for p in agent.critic.parameters()]
     update.critic_opt.zero_grad(set_to_none=True)
     calls = []
     agent.critic.register_forward_hook(lambda m, a, kw, out: calls.append(kw["training"]), with_kwargs=True)
-    loss, _ = update.policy_losses(buffer.sample(B))
+    loss, _ = update.policy_losses(update.buffer.sample(B))
     update.actor_opt.zero_grad()
     loss.backward(inputs=update.actor_params)
     update.actor_opt.step()
@@ -76,7 +58,8 @@ def test_actor_step_uses_eval_critics_and_changes_no_brn_statistic():
 
 
 def test_actor_gets_the_policy_gradient_through_the_critic():
-    _, agent, buffer, update = make()
+    update = small_update()
+    agent = update.agent
     before = [p.clone() for p in agent.actor.parameters()]
     for _ in range(3):  # policy_delay = 3: the third step moves the actor
         update.step()
@@ -84,7 +67,8 @@ def test_actor_gets_the_policy_gradient_through_the_critic():
 
 
 def test_policy_delay_counts_gradient_steps():
-    _, agent, _, update = make()
+    update = small_update()
+    agent = update.agent
     actor_moves = []
     for _ in range(6):
         before = agent.log_alpha.detach().clone()
@@ -93,42 +77,9 @@ def test_policy_delay_counts_gradient_steps():
     assert actor_moves == [False, False, True, False, False, True]
 
 
-@pytest.mark.parametrize("discrete", [False, True])
-def test_a_step_returns_the_metrics_a_train_row_holds(discrete):
-    """Critic steps: the critic's metrics; actor steps: all of the row's update metrics, finite."""
-    _, _, _, update = make(discrete=discrete, extra=["agent.algorithm.policy_delay=2"])
-    critic_step, actor_step = update.step(), update.step()
-    assert set(critic_step) == {"critic_loss", "q_mean"}
-    assert set(actor_step) == set(TRAIN_FIELDS)
-    assert all(value.shape == () and torch.isfinite(value) for value in actor_step.values())
-
-
-def test_a_prioritized_buffer_gets_the_td_errors_of_its_batch_as_priorities():
-    cfg, agent, _, _ = make(extra=["agent.memory.name=PrioritizedReplay", "agent.memory.max_size=64"])
-    buffer = make_buffer(cfg.agent.memory, OBS, (ACT,), 8, "cpu")
-    for _ in range(8):
-        buffer.add(torch.randn(8, OBS), torch.rand(8, ACT) * 2 - 1, torch.randn(8), torch.randn(8, OBS), torch.zeros(8))
-    update = Update(agent, buffer, cfg, torch.device("cpu"))
-    assert isinstance(buffer, PrioritizedReplay) and torch.all(buffer.tree[64:] == 1.0)  # new transitions: max priority
-    sampled = []
-    buffer.update_priorities = lambda indices, td: sampled.append((indices, td))  # type: ignore[method-assign]
-    update.step()
-    ((indices, td),) = sampled
-    assert indices.shape == td.shape == (B,) and torch.all(td >= 0)
-
-
-@pytest.mark.parametrize("discrete, setting, expected", [
-    (False, "auto", -2.0),  # −|A|, |A| = ACT = 2
-    (True, "auto", 0.89 * 1.0986122886681098),  # 0.89 · ln 3
-    (False, "-0.5", -0.5), (True, "0.3", 0.3),
-])
-def test_the_update_takes_its_target_entropy_from_the_config_and_the_action_space(discrete, setting, expected):
-    _, _, _, update = make(discrete=discrete, extra=[f"agent.algorithm.target_entropy={setting}"])
-    assert update.target_entropy == pytest.approx(expected, rel=1e-12)
-
-
 def test_alpha_moves_towards_the_target_entropy():
-    _, agent, _, update = make(extra=["agent.algorithm.policy_delay=1"])
+    update = small_update("agent.algorithm.policy_delay=1")
+    agent = update.agent
     update.target_entropy = 100.0  # far above any achievable entropy: α must grow
     start = agent.log_alpha.item()
     for _ in range(3):
@@ -137,39 +88,20 @@ def test_alpha_moves_towards_the_target_entropy():
 
 
 def test_sac_target_critics_move_by_tau():
-    cfg, agent, _, update = make(algo="SAC")
+    update = small_update(algo="SAC")
+    agent = update.agent
     assert agent.critic_target is not None
     target_before = copy.deepcopy(agent.critic_target.state_dict())
     update.step()
-    tau = cfg.agent.algorithm.tau
+    tau = update.tau
     online = agent.critic.state_dict()
     for name, value in agent.critic_target.state_dict().items():
         assert torch.allclose(value, (1 - tau) * target_before[name] + tau * online[name], atol=1e-7)
 
 
 def test_sac_critics_have_no_batch_renorm():
-    _, agent, _, _ = make(algo="SAC")
+    agent = small_update(algo="SAC").agent
     assert not any("norm" in n for n, _ in agent.critic.named_modules() if n)
-
-
-def test_crossq_critic_member_equals_an_independent_batchnorm_mlp():
-    """During warmup BRN is BatchNorm; ensemble member j must equal a plain nn.Sequential with j's weights."""
-    _, agent, buffer, _ = make(extra=["agent.critic_net.batch_renorm.warmup_steps=1000"])
-    mlp = agent.critic.mlp
-    j = 1
-    layers: list[nn.Module] = [nn.BatchNorm1d(OBS + ACT, eps=1e-3, momentum=0.01)]
-    for lin in mlp.linears:
-        linear = nn.Linear(*lin.weight.shape[1:])
-        linear.weight.data = lin.weight[j].T.clone()
-        linear.bias.data = lin.bias[j, 0].clone()
-        layers += [linear, nn.ReLU(), nn.BatchNorm1d(linear.out_features, eps=1e-3, momentum=0.01)]
-    head = nn.Linear(*mlp.head.weight.shape[1:])
-    head.weight.data, head.bias.data = mlp.head.weight[j].T.clone(), mlp.head.bias[j, 0].clone()
-    reference = nn.Sequential(*layers, head).train()
-    batch = buffer.sample(B)
-    x = torch.cat([batch.obs, batch.action], -1)
-    ours = agent.critic(batch.obs, batch.action, training=True)[j]
-    assert torch.allclose(ours, reference(x).squeeze(-1), atol=1e-5)
 
 
 @pytest.mark.parametrize("algo", ["CrossQ", "SAC"])
@@ -178,10 +110,11 @@ def test_compiled_update_equals_eager(algo):
     torch._inductor.config.fallback_random = True  # compiled randn must equal eager randn
     torch._dynamo.reset()  # an Update compiled earlier (other RNG config) would be reused by this one
     torch.manual_seed(1)
-    _, agent_e, buffer, eager = make(algo=algo)
+    eager = small_update(algo=algo)
     torch.manual_seed(1)
-    _, agent_c, _, compiled = make(algo=algo, compile=True)
-    compiled.buffer = eager.buffer = buffer
+    compiled = small_update("run.compile=true", algo=algo)
+    compiled.buffer = eager.buffer
+    agent_e, agent_c = eager.agent, compiled.agent
     for _ in range(4):  # crosses BRN warmup (2 steps) and includes an actor step
         torch.manual_seed(2)
         m_e = eager.step()
@@ -191,3 +124,47 @@ def test_compiled_update_equals_eager(algo):
             assert torch.allclose(m_e[k], m_c[k], rtol=1e-4, atol=1e-5), k
     for (n, p), q in zip(agent_e.state_dict().items(), agent_c.state_dict().values()):
         assert torch.allclose(p.float(), q.float(), rtol=1e-4, atol=1e-5), n
+
+
+@torch._inductor.config.patch(fallback_random=False)
+def test_compiled_losses_draw_fresh_noise_every_call(fresh_dynamo: None) -> None:
+    """Same batch, same parameters, two calls: a' ~ π(s') and ã ~ π(s) must differ.
+
+    Inductor's own RNG (fallback_random off, the default) is what the learner runs; a
+    compiled graph that baked its noise in would return identical losses.
+    """
+    update = small_update("run.compile=true", "agent.critic_net.batch_renorm.warmup_steps=1000")
+    batch = update.buffer.sample(B)
+    critic = [update.critic_losses(batch)[0].detach() for _ in range(2)]
+    actor = [update.policy_losses(batch)[1]["actor_loss"] for _ in range(2)]
+    assert not torch.equal(*critic), "critic loss repeated: a' noise is stale"
+    assert not torch.equal(*actor), "actor loss repeated: ã noise is stale"
+
+
+def test_consecutive_compiled_steps_sample_new_batches(fresh_dynamo: None) -> None:
+    update = small_update("run.compile=true")
+    seen = []
+    update.buffer.sample = lambda n, sample=update.buffer.sample: seen.append(sample(n)) or seen[-1]  # type: ignore[method-assign]
+    update.step()
+    update.step()
+    assert not torch.equal(seen[0].indices, seen[1].indices)
+
+
+def test_bf16_autocast_keeps_batch_renorm_float32() -> None:
+    update = small_update("run.autocast=bf16")
+    dtypes: dict[str, set[torch.dtype]] = {"linear": set(), "brn": set(), "q_head": set()}
+    critic = update.agent.critic
+    for module in critic.modules():
+        kind = ("q_head" if module is critic.mlp.head else "linear" if isinstance(module, StackedLinear)
+                else "brn" if isinstance(module, BatchRenorm1d) else None)
+        if kind:
+            module.register_forward_hook(lambda m, args, out, kind=kind: dtypes[kind].add(out.dtype))
+    for _ in range(6):  # crosses BRN warmup and includes two actor steps
+        metrics = update.step()
+    # The Q head is a dot product (no matmul), so it stays in the float32 of the BRN before it.
+    assert dtypes == {"linear": {torch.bfloat16}, "brn": {torch.float32}, "q_head": {torch.float32}}
+    for name, buf in update.agent.critic.named_buffers():
+        if "running" in name:
+            assert buf.dtype == torch.float32 and torch.isfinite(buf).all(), name
+    assert all(torch.isfinite(v).all() for v in metrics.values()), metrics
+    assert all(p.dtype == torch.float32 for p in update.agent.parameters())

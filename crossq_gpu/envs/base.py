@@ -42,6 +42,9 @@ class VecEnv(Protocol):
     observation where terminated | truncated and equal to obs elsewhere, so s' is always
     info["final_obs"]. Returned tensors may share memory with the env: treat them as read-only.
 
+    `max_episode_steps` is the time limit (None: none): evaluation stops with an error when an
+    episode runs past it, rather than looping forever.
+
     Optional: `action_low` / `action_high` ([act_dim] arrays, the bounds [-1, 1] is scaled
     onto; [-1, 1] when absent) and `action_start` (discrete: the env's first action, 0 when
     absent), which checkpoints record so that a loaded policy acts in the env's own units.

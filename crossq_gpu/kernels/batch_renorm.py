@@ -2,13 +2,16 @@
 
 `batch_renorm` picks the implementation (Triton on CUDA, torch ops with a hand-written
 backward elsewhere, the composed torch reference on request), casts to float32 with
-autocast off (BRN in bf16/fp16 is a known NaN source), and validates shapes. The torch
-paths share `renorm_factors` / `update_running_stats`; the Triton path does the same math in
-one per-channel kernel (`triton_brn.brn_train_stats`), held to them by tests/test_triton_brn.py.
+autocast off (BRN in bf16/fp16 is a known NaN source), validates shapes, and looks the
+function up in `TRAIN` / `EVAL`. The torch paths share `reference.renorm_factors` /
+`update_running_stats`; the Triton path does the same math in one per-channel kernel
+(`triton_brn.train_stats`), held to them by tests/test_triton_brn.py. Every training path
+takes its statistics over a process group's ranks when given one.
 """
 
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +19,7 @@ from torch.distributed import ProcessGroup
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from crossq_gpu.kernels.reference import Relu, batch_renorm_reference, read_stats
+from crossq_gpu.kernels.reference import BrnParams, Relu, reference_eval, reference_train
 from crossq_gpu.kernels.torch_brn import batch_renorm_train
 
 try:
@@ -27,19 +30,27 @@ except ModuleNotFoundError as err:  # Triton is optional on CPU-only installs.
     triton_brn = None  # type: ignore[assignment]
 
 Impl = Literal["auto", "torch", "torch_fast", "triton"]
+# (x, weight, bias, running_mean, running_var, steps, params, relu, group) -> y; updates the statistics.
+TrainPath = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, BrnParams, Relu, ProcessGroup | None], Tensor]
+# (x, weight, bias, running_mean, running_var, params, relu) -> y; changes nothing.
+EvalPath = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, BrnParams, Relu], Tensor]
+
+# What each implementation runs; eval is one pass, so torch_fast has nothing to hand-write there.
+TRAIN: dict[str, TrainPath] = {"torch": reference_train, "torch_fast": batch_renorm_train}
+EVAL: dict[str, EvalPath] = {"torch": reference_eval, "torch_fast": reference_eval}
+if triton_brn is not None:
+    TRAIN["triton"], EVAL["triton"] = triton_brn.triton_train, triton_brn.triton_eval
 
 
-def _resolve(x: Tensor, impl: Impl) -> Impl:
+def _resolve(x: Tensor, impl: Impl) -> str:
     """The implementation that runs: auto is Triton on CUDA tensors and torch_fast elsewhere."""
     if impl == "auto":
-        return "triton" if x.is_cuda and triton_brn is not None else "torch_fast"
-    if impl not in ("torch", "torch_fast", "triton"):
+        return "triton" if x.is_cuda and "triton" in TRAIN else "torch_fast"
+    if impl not in get_args(Impl):
         raise ValueError(f"impl must be 'auto', 'torch', 'torch_fast' or 'triton', got {impl!r}")
-    if impl != "triton":
-        return impl
-    if triton_brn is None:
-        raise ValueError("impl='triton' needs the triton package")
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if impl not in TRAIN:
+        raise ValueError(f"impl={impl!r} needs the triton package")
+    if impl == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("impl='triton' on non-CUDA tensors needs TRITON_INTERPRET=1 (tests only)")
     return impl
 
@@ -51,7 +62,7 @@ def _check(x: Tensor, per_channel: dict[str, Tensor], training: bool, relu: str)
     for name, t in per_channel.items():
         if t.shape != want:
             raise ValueError(f"{name} has shape {list(t.shape)}, expected {list(want)} for input {list(x.shape)}")
-    if relu not in ("none", "input", "output"):
+    if relu not in get_args(Relu):
         raise ValueError(f"relu must be 'none', 'input' or 'output', got {relu!r}")
     if training and x.shape[-2] < 2:
         raise ValueError(
@@ -66,13 +77,9 @@ def batch_renorm(
     running_mean: Tensor,
     running_var: Tensor,
     steps: Tensor,
+    params: BrnParams,
     *,
     training: bool,
-    momentum: float,
-    eps: float,
-    r_max: float,
-    d_max: float,
-    warmup_steps: int,
     relu: Relu = "none",
     impl: Impl = "auto",
     group: ProcessGroup | None = None,
@@ -85,8 +92,7 @@ def batch_renorm(
     with a hand-written backward (the default off CUDA), "triton" the fused kernels (the
     default on CUDA); "auto" picks by device.
     group: in training, take the batch statistics over the batches of every rank of this
-    process group (data-parallel training); that runs the composed reference with one
-    all-reduce per layer, whatever `impl` says.
+    process group (data-parallel training): one all-reduce per layer forward, one backward.
     """
     _check(
         x,
@@ -94,31 +100,12 @@ def batch_renorm(
         training,
         relu,
     )
-    hyper = dict(eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps)
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
         chosen = _resolve(x, impl)
-        if training and group is not None:
-            return batch_renorm_reference(
-                x, weight, bias, running_mean, running_var, steps,
-                training=True, momentum=momentum, relu=relu, group=group, **hyper,
-            )
-        if chosen == "torch" or (chosen == "torch_fast" and not training):  # eval: the reference is one pass
-            return batch_renorm_reference(
-                x, weight, bias, running_mean, running_var, steps,
-                training=training, momentum=momentum, relu=relu, **hyper,
-            )
-        if chosen == "torch_fast":
-            return batch_renorm_train(
-                x, weight, bias, running_mean, running_var, steps, momentum=momentum, relu=relu, **hyper
-            )
-        if not training:
-            centre, running_var = read_stats(running_mean, running_var)
-            return triton_brn.brn_apply(x, centre, torch.rsqrt(running_var + eps), weight, bias, relu, False)
-        mean, rstd, r, d = triton_brn.brn_train_stats(
-            x.detach(), running_mean, running_var, steps, relu == "input", momentum, **hyper
-        )
-        return triton_brn.brn_apply(x, mean, rstd, weight * r, weight * d + bias, relu, True)
+        if training:
+            return TRAIN[chosen](x, weight, bias, running_mean, running_var, steps, params, relu, group)
+        return EVAL[chosen](x, weight, bias, running_mean, running_var, params, relu)
 
 
 class BatchRenorm1d(nn.Module):
@@ -133,11 +120,7 @@ class BatchRenorm1d(nn.Module):
     def __init__(
         self,
         num_features: int,
-        momentum: float = 0.01,
-        eps: float = 1e-3,
-        r_max: float = 3.0,
-        d_max: float = 5.0,
-        warmup_steps: int = 100_000,
+        params: BrnParams = BrnParams(),
         *,
         relu: Relu = "none",
         ensemble_size: int | None = None,
@@ -146,8 +129,7 @@ class BatchRenorm1d(nn.Module):
     ) -> None:
         super().__init__()
         self.num_features = num_features
-        self.momentum, self.eps, self.r_max, self.d_max = momentum, eps, r_max, d_max
-        self.warmup_steps = warmup_steps
+        self.params = params
         self.relu: Relu = relu
         self.ensemble_size = ensemble_size
         self.impl: Impl = impl
@@ -176,16 +158,14 @@ class BatchRenorm1d(nn.Module):
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
         """`training` overrides the module mode, so callers can set it per call site."""
         return batch_renorm(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.steps,
-            training=self.training if training is None else training, momentum=self.momentum, eps=self.eps, r_max=self.r_max,
-            d_max=self.d_max, warmup_steps=self.warmup_steps, relu=self.relu, impl=self.impl,
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.steps, self.params,
+            training=self.training if training is None else training, relu=self.relu, impl=self.impl,
             group=self.process_group,
         )
 
     def extra_repr(self) -> str:
         return (
-            f"{self.num_features}, momentum={self.momentum}, eps={self.eps}, r_max={self.r_max}, "
-            f"d_max={self.d_max}, warmup_steps={self.warmup_steps}, relu={self.relu!r}, "
+            f"{self.num_features}, {self.params}, relu={self.relu!r}, "
             f"ensemble_size={self.ensemble_size}, impl={self.impl!r}"
         )
 
@@ -199,21 +179,14 @@ class LazyBatchRenorm1d(LazyModuleMixin, BatchRenorm1d):
 
     def __init__(
         self,
-        momentum: float = 0.01,
-        eps: float = 1e-3,
-        r_max: float = 3.0,
-        d_max: float = 5.0,
-        warmup_steps: int = 100_000,
+        params: BrnParams = BrnParams(),
         *,
         relu: Relu = "none",
         ensemble_size: int | None = None,
         impl: Impl = "auto",
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(
-            0, momentum, eps, r_max, d_max, warmup_steps,
-            relu=relu, ensemble_size=ensemble_size, impl=impl, device=device,
-        )
+        super().__init__(0, params, relu=relu, ensemble_size=ensemble_size, impl=impl, device=device)
         self.weight = UninitializedParameter(device=device, dtype=torch.float32)
         self.bias = UninitializedParameter(device=device, dtype=torch.float32)
         self.running_mean = UninitializedBuffer(device=device, dtype=torch.float32)

@@ -9,6 +9,7 @@ per-channel tensors are [C] or [E, C]; `steps` is an int64 scalar shared by the 
 The caller (`batch_renorm`) has already cast x to float32 and disabled autocast.
 """
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -18,6 +19,22 @@ from torch.distributed import ProcessGroup
 from crossq_gpu.kernels.synced_stats import global_moments
 
 Relu = Literal["none", "input", "output"]
+
+
+@dataclass(frozen=True)
+class BrnParams:
+    """BRN's hyperparameters: one object from the layer down to the kernel call (docs/design.md §2)."""
+
+    momentum: float = 0.01
+    """Weight of the new batch statistics in the running ones (torch.nn.BatchNorm's convention)."""
+    eps: float = 1e-3
+    """Added to every variance before its square root."""
+    r_max: float = 3.0
+    """r is clipped to [1/r_max, r_max]."""
+    d_max: float = 5.0
+    """d is clipped to [−d_max, d_max]."""
+    warmup_steps: int = 100_000
+    """Steps of plain batch norm (r = 1, d = 0) before renormalisation starts."""
 
 
 @torch.library.custom_op("crossq_gpu::stats_snapshot", mutates_args=())
@@ -43,95 +60,81 @@ def read_stats(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(_stats_snapshot(list(tensors))) if torch.compiler.is_compiling() else tensors
 
 
+def batch_moments(h: Tensor, running_mean: Tensor, group: ProcessGroup | None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(mean, h − mean, biased variance, rows) of h over dim −2; with a process `group`, over the
+    rows of every rank (shifted by the running mean, `synced_stats.global_moments`)."""
+    if group is not None:
+        mean, var, n = global_moments(h, read_stats(running_mean)[0].detach(), group)
+        return mean, h - mean.unsqueeze(-2), var, n
+    # Two passes (mean, then mean of squared deviations): exact like var_mean, and an
+    # order of magnitude faster than var_mean's strided reduction on CPU.
+    mean = h.mean(dim=-2)
+    centered = h - mean.unsqueeze(-2)
+    return mean, centered, (centered * centered).mean(dim=-2), h.shape[-2]
+
+
 @torch.no_grad()
 def renorm_factors(
-    mean: Tensor,
-    var: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    steps: Tensor,
-    *,
-    eps: float,
-    r_max: float,
-    d_max: float,
-    warmup_steps: int,
+    mean: Tensor, var: Tensor, running_mean: Tensor, running_var: Tensor, steps: Tensor, params: BrnParams
 ) -> tuple[Tensor, Tensor]:
     """r and d (constants for autograd) from the batch and the *current* running stats.
 
     r = 1, d = 0 while steps < warmup_steps, which makes BRN plain batch norm.
     """
     running_mean, running_var, steps = read_stats(running_mean, running_var, steps)
-    running_std = torch.sqrt(running_var + eps)
-    r = (torch.sqrt(var + eps) / running_std).clamp(1.0 / r_max, r_max)
-    d = ((mean - running_mean) / running_std).clamp(-d_max, d_max)
-    warm = steps < warmup_steps
+    running_std = torch.sqrt(running_var + params.eps)
+    r = (torch.sqrt(var + params.eps) / running_std).clamp(1.0 / params.r_max, params.r_max)
+    d = ((mean - running_mean) / running_std).clamp(-params.d_max, params.d_max)
+    warm = steps < params.warmup_steps
     return torch.where(warm, 1.0, r), torch.where(warm, 0.0, d)
 
 
 @torch.no_grad()
 def update_running_stats(
-    mean: Tensor,
-    var: Tensor,
-    n: int,
-    running_mean: Tensor,
-    running_var: Tensor,
-    steps: Tensor,
-    *,
-    momentum: float,
+    mean: Tensor, var: Tensor, n: int, running_mean: Tensor, running_var: Tensor, steps: Tensor, params: BrnParams
 ) -> None:
     """In-place update with torch.nn.BatchNorm's convention (unbiased variance, momentum on the new value)."""
-    running_mean.lerp_(mean, momentum)
-    running_var.lerp_(var * (n / (n - 1)), momentum)
+    running_mean.lerp_(mean, params.momentum)
+    running_var.lerp_(var * (n / (n - 1)), params.momentum)
     steps.add_(1)
 
 
-def batch_renorm_reference(
+def reference_train(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
     steps: Tensor,
-    *,
-    training: bool,
-    momentum: float,
-    eps: float,
-    r_max: float,
-    d_max: float,
-    warmup_steps: int,
+    params: BrnParams,
     relu: Relu = "none",
     group: ProcessGroup | None = None,
 ) -> Tensor:
-    """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x); eval uses the running stats.
+    """y = γ·((h − μ_B)/σ_B·r + d) + β with h = x or relu(x), and the running-statistics update.
 
     With a process `group`, μ_B and σ_B are those of the batches of all its ranks together.
     """
     h = torch.relu(x) if relu == "input" else x
-    if training:
-        if group is None:
-            # Two passes (mean, then mean of squared deviations): exact like var_mean, and an
-            # order of magnitude faster than var_mean's strided reduction on CPU.
-            mean = h.mean(dim=-2)
-            centered = h - mean.unsqueeze(-2)
-            var = (centered * centered).mean(dim=-2)
-            n = h.shape[-2]
-        else:
-            mean, var, n = global_moments(h, read_stats(running_mean)[0].detach(), group)
-        r, d = renorm_factors(
-            mean.detach(), var.detach(), running_mean, running_var, steps,
-            eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps,
-        )
-        update_running_stats(
-            mean.detach(), var.detach(), n, running_mean, running_var, steps,
-            momentum=momentum,
-        )
-        # y = γ((h − μ)/σ·r + d) + β folded into y = h·scale + shift over [.., C] vectors:
-        # one pass over the [N, C] activations instead of six, same autograd graph through μ, σ.
-        scale = weight * r * torch.rsqrt(var + eps)
-        shift = bias + weight * d - mean * scale
-    else:
-        running_mean, running_var = read_stats(running_mean, running_var)
-        scale = weight * torch.rsqrt(running_var + eps)
-        shift = bias - running_mean * scale
+    mean, _, var, n = batch_moments(h, running_mean, group)
+    r, d = renorm_factors(mean.detach(), var.detach(), running_mean, running_var, steps, params)
+    update_running_stats(mean.detach(), var.detach(), n, running_mean, running_var, steps, params)
+    # y = γ((h − μ)/σ·r + d) + β folded into y = h·scale + shift over [.., C] vectors:
+    # one pass over the [N, C] activations instead of six, same autograd graph through μ, σ.
+    scale = weight * r * torch.rsqrt(var + params.eps)
+    return _affine(h, scale, bias + weight * d - mean * scale, relu)
+
+
+def reference_eval(
+    x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, params: BrnParams,
+    relu: Relu = "none",
+) -> Tensor:
+    """y = γ·(h − running_mean)/√(running_var + eps) + β; nothing changes."""
+    h = torch.relu(x) if relu == "input" else x
+    running_mean, running_var = read_stats(running_mean, running_var)
+    scale = weight * torch.rsqrt(running_var + params.eps)
+    return _affine(h, scale, bias - running_mean * scale, relu)
+
+
+def _affine(h: Tensor, scale: Tensor, shift: Tensor, relu: Relu) -> Tensor:
     y = torch.addcmul(shift.unsqueeze(-2), h, scale.unsqueeze(-2))
     return torch.relu(y) if relu == "output" else y

@@ -1,17 +1,22 @@
 """Training-mode Batch Renormalization in torch ops with a hand-written backward: the CPU path.
 
-The same function as `reference.batch_renorm_reference` (docs/design.md §2), but autograd sees one
+The same function as `reference.reference_train` (docs/design.md §2), but autograd sees one
 node instead of ~15: the forward makes 6 passes over the [.., N, C] activations (ReLU,
 mean, centre, square, sum, affine) and the backward 5–7 (Σg, Σg·x̂, two fused
 multiply-adds, the ReLU masks) where the composed reference's backward makes ~14. It is
 the backward of `triton_brn.brn_apply` written with torch ops, on a CPU about 1.5–2×
 faster than the reference per layer. Tests hold it to the reference and to float64.
+With a process group, the statistics and the input gradient's Σg, Σg·x̂ are over every
+rank's rows: one all-reduce forward, one backward.
 """
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed import ProcessGroup
 
-from crossq_gpu.kernels.reference import Relu, renorm_factors, update_running_stats
+from crossq_gpu.kernels.reference import BrnParams, Relu, batch_moments, renorm_factors, update_running_stats
+from crossq_gpu.kernels.synced_stats import sum_over_ranks
 
 
 class _Normalize(torch.autograd.Function):
@@ -19,18 +24,19 @@ class _Normalize(torch.autograd.Function):
 
     `centered` = h − mean(h) with h = relu(x) or x, and rstd = 1/σ_B, are x's own batch
     statistics, so the x-gradient carries BatchNorm's "− mean" terms:
-    dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂)) · [x > 0 for an input ReLU].
+    dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂)) · [x > 0 for an input ReLU], the means over
+    every rank's rows when `group` is set; dscale and dshift are this rank's rows' share.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, centered: Tensor, rstd: Tensor, scale: Tensor, shift: Tensor,  # type: ignore[override]
-                relu: Relu, h: Tensor | None) -> Tensor:
+                relu: Relu, h: Tensor | None, group: ProcessGroup | None) -> Tensor:
         y = torch.addcmul(shift.unsqueeze(-2), centered, (scale * rstd).unsqueeze(-2))
         if relu == "output":
             y = y.relu_()
         mask = h if relu == "input" else y if relu == "output" else None
         ctx.save_for_backward(centered, rstd, scale, mask)
-        ctx.relu = relu
+        ctx.relu, ctx.group = relu, group
         return y
 
     @staticmethod
@@ -41,12 +47,16 @@ class _Normalize(torch.autograd.Function):
         sum_gc = (g * centered).sum(-2)  # Σ g·(h − mean) = Σ g·x̂ / rstd
         dx = None
         if ctx.needs_input_grad[0]:
-            k = scale * rstd / g.shape[-2]
-            dx = torch.addcmul((-k * sum_g).unsqueeze(-2), g, (k * g.shape[-2]).unsqueeze(-2))
-            dx.addcmul_(centered, (-k * rstd * rstd * sum_gc).unsqueeze(-2))
+            n, total_g, total_gc = g.shape[-2], sum_g, sum_gc
+            if ctx.group is not None:
+                total_g, total_gc = sum_over_ranks(torch.stack([sum_g, sum_gc]), ctx.group).unbind(0)
+                n *= dist.get_world_size(ctx.group)
+            k = scale * rstd / n
+            dx = torch.addcmul((-k * total_g).unsqueeze(-2), g, (k * n).unsqueeze(-2))
+            dx.addcmul_(centered, (-k * rstd * rstd * total_gc).unsqueeze(-2))
             if ctx.relu == "input":
                 dx = torch.ops.aten.threshold_backward(dx, mask, 0)
-        return dx, None, None, rstd * sum_gc, sum_g, None, None
+        return dx, None, None, rstd * sum_gc, sum_g, None, None, None
 
 
 def batch_renorm_train(
@@ -56,23 +66,17 @@ def batch_renorm_train(
     running_mean: Tensor,
     running_var: Tensor,
     steps: Tensor,
-    *,
-    momentum: float,
-    eps: float,
-    r_max: float,
-    d_max: float,
-    warmup_steps: int,
+    params: BrnParams,
     relu: Relu = "none",
+    group: ProcessGroup | None = None,
 ) -> Tensor:
-    """`batch_renorm_reference(..., training=True)` with the hand-written backward above."""
+    """`reference_train` with the hand-written backward above."""
     with torch.no_grad():
         h = torch.relu(x) if relu == "input" else x
-        mean = h.mean(dim=-2)
-        centered = h - mean.unsqueeze(-2)
-        var = (centered * centered).mean(dim=-2)
-        r, d = renorm_factors(mean, var, running_mean, running_var, steps,
-                              eps=eps, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps)
-        update_running_stats(mean, var, h.shape[-2], running_mean, running_var, steps, momentum=momentum)
-        rstd = torch.rsqrt(var + eps)
+        mean, centered, var, n = batch_moments(h, running_mean, group)
+        r, d = renorm_factors(mean, var, running_mean, running_var, steps, params)
+        update_running_stats(mean, var, n, running_mean, running_var, steps, params)
+        rstd = torch.rsqrt(var + params.eps)
     # h only for an input ReLU's mask: passing x twice would stop torch.compile tracing the Function.
-    return _Normalize.apply(x, centered, rstd, weight * r, weight * d + bias, relu, h if relu == "input" else None)
+    return _Normalize.apply(x, centered, rstd, weight * r, weight * d + bias, relu,
+                            h if relu == "input" else None, group)

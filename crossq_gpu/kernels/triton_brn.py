@@ -3,13 +3,14 @@
 Forward and backward are each one reduction over N and one elementwise pass, with
 h = relu(x) when the ReLU sits on the input side:
 
-    forward   mean, rstd, r, d; running stats updated         (`brn_train_stats`)
+    forward   partial statistics, then mean, rstd, r, d;
+              running stats updated                           (`train_stats`)
               y = act(scale · (h − mean) · rstd + shift)     (`brn_apply`)
     backward  g = dy · [y > 0] (output ReLU),  x̂ = (h − mean) · rstd
-              Σg, Σg·x̂ per channel → dshift, dscale
+              Σg, Σg·x̂ per channel → dshift, dscale         (`brn_grad_sums`)
               dx = scale · rstd · (g − [batch] (Σg + x̂ Σg·x̂) / N) · [x > 0] (input ReLU)
 
-`batch_renorm` (the dispatcher) passes scale = γ·r and shift = γ·d + β, so torch autograd
+`triton_train` (the dispatcher's entry) passes scale = γ·r and shift = γ·d + β, so torch autograd
 turns dscale/dshift into dγ = r·Σg·x̂ + d·Σg and dβ = Σg, while r and d stay constants, as
 docs/design.md §2 says. In training mode mean/rstd are the batch's, passed in detached, and
 `batch=True` tells the backward they depend on x (the "− mean" terms of the BN gradient);
@@ -25,6 +26,10 @@ and the three small ops that form scale and shift, 7 in all instead of ~38, and 
 Inductor would fuse that glue anyway). No atomics, so
 results are deterministic. The ReLU is never materialised: it is recomputed from x.
 
+Data parallel (a process group): the partials become shifted sums Σ(h − c), Σ(h − c)² that
+one all-reduce adds over the ranks before the per-channel kernel, and the backward
+all-reduces Σg, Σg·x̂ before dx — one collective each way per layer, as the torch paths.
+
 torch.compile: the ops are `torch.library.triton_op`s that launch through `wrap_triton`,
 with autograd registered by `register_autograd`, the route torch documents for tracing
 user Triton kernels without graph breaks (Inductor then sees the kernels). Tested without a
@@ -39,10 +44,15 @@ kernels needs a GPU: `benchmarks/gpu_check.sh`.
 import functools
 
 import torch
+import torch.distributed as dist
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.distributed import ProcessGroup
 from torch.library import triton_op, wrap_triton
+
+from crossq_gpu.kernels.reference import BrnParams, Relu, read_stats
+from crossq_gpu.kernels.synced_stats import sum_over_ranks
 
 RELU_CODES = {"none": 0, "input": 1, "output": 2}
 
@@ -252,6 +262,7 @@ def _grad_input_kernel(
     sum_gx_ptr,  # [E, C] f32 Σg·x̂
     N,
     C,
+    n_total,  # rows the sums span: N, or N × ranks when they were all-reduced
     RELU: tl.constexpr,
     BATCH: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -279,8 +290,8 @@ def _grad_input_kernel(
     if RELU == 2:
         g = tl.where(xhat * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
     if BATCH:
-        mean_g = tl.load(sum_g_ptr + chan, mask=col_mask, other=0.0) / N
-        mean_gx = tl.load(sum_gx_ptr + chan, mask=col_mask, other=0.0) / N
+        mean_g = tl.load(sum_g_ptr + chan, mask=col_mask, other=0.0) / n_total
+        mean_gx = tl.load(sum_gx_ptr + chan, mask=col_mask, other=0.0) / n_total
         g = g - mean_g[None, :] - xhat * mean_gx[None, :]
     dx = g * (scale * rstd)[None, :]
     if RELU == 1:
@@ -321,24 +332,9 @@ def _dims(x: Tensor) -> tuple[int, int, int]:
     return (1, *x.shape) if x.dim() == 2 else tuple(x.shape)  # type: ignore[return-value]
 
 
-@triton_op("crossq_gpu::brn_train_stats", mutates_args=("running_mean", "running_var", "steps"))
-def brn_train_stats(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    steps: Tensor,
-    relu_input: bool,
-    momentum: float,
-    eps: float,
-    r_max: float,
-    d_max: float,
-    warmup_steps: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(mean, 1/σ_B, r, d) of h (= relu(x) if relu_input) over dim -2, and the running-statistics
-    update: two launches (the split reduction, then one per-channel kernel) and `steps += 1`,
-    where the composed ops take ~30 small kernels. Not differentiable."""
-    if not (running_mean.is_contiguous() and running_var.is_contiguous()):
-        raise ValueError("running_mean and running_var must be contiguous (they are updated in place)")
+@triton_op("crossq_gpu::brn_partial_stats", mutates_args=())
+def brn_partial_stats(x: Tensor, relu_input: bool) -> tuple[Tensor, Tensor]:
+    """Per-program (mean, M2) [R, .., C] of h (= relu(x) if relu_input) over dim -2: the split reduction."""
     x = x.contiguous()
     e, n, c = _dims(x)
     block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
@@ -349,10 +345,37 @@ def brn_train_stats(
         x, part_mean, part_m2, n, c, e, rows_per_program,
         RELU_INPUT=relu_input, BLOCK_N=block_n, BLOCK_C=block_c,
     )
+    return part_mean, part_m2
+
+
+@triton_op("crossq_gpu::brn_finalize_stats", mutates_args=("running_mean", "running_var", "steps"))
+def brn_finalize_stats(
+    part_mean: Tensor,
+    part_m2: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    n: int,
+    rows_per_program: int,
+    momentum: float,
+    eps: float,
+    r_max: float,
+    d_max: float,
+    warmup_steps: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mean, 1/σ_B, r, d) from R partials of rows_per_program rows each (n rows in all), the
+    running-statistics update and `steps += 1`: one per-channel kernel where the composed ops
+    take ~30 small ones."""
+    if not (running_mean.is_contiguous() and running_var.is_contiguous()):
+        raise ValueError("running_mean and running_var must be contiguous (they are updated in place)")
+    c = running_mean.shape[-1]
+    e = running_mean.numel() // c
+    block_c = launch_config(n, c, e, running_mean.device)[1]
     mean, rstd, r_factor, d_factor = (torch.empty_like(running_mean) for _ in range(4))
     wrap_triton(_finalize_stats_kernel)[(triton.cdiv(c, block_c), e)](
-        part_mean, part_m2, running_mean, running_var, steps, mean, rstd, r_factor, d_factor,
-        n, c, e, r, rows_per_program, momentum, eps, r_max, d_max, warmup_steps, BLOCK_C=block_c,
+        part_mean.contiguous(), part_m2.contiguous(), running_mean, running_var, steps, mean, rstd, r_factor,
+        d_factor, n, c, e, part_mean.shape[0], rows_per_program, momentum, eps, r_max, d_max, warmup_steps,
+        BLOCK_C=block_c,
     )
     steps.add_(1)
     return mean, rstd, r_factor, d_factor
@@ -374,42 +397,108 @@ def brn_apply(
     return y
 
 
-@triton_op("crossq_gpu::brn_apply_backward", mutates_args=())
-def brn_apply_backward(
+@triton_op("crossq_gpu::brn_grad_sums", mutates_args=())
+def brn_grad_sums(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, scale: Tensor, shift: Tensor, relu: str) -> Tensor:
+    """[Σg; Σg·x̂] [2, .., C] of `brn_apply` over x's rows: its dshift and dscale, in one tensor."""
+    x, dy = x.contiguous(), dy.contiguous()
+    e, n, c = _dims(x)
+    block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
+    r = triton.cdiv(n, rows_per_program)
+    parts = x.new_empty((2, r, *mean.shape))  # [Σg; Σg·x̂] per program: one buffer, one sum
+    wrap_triton(_grad_sums_kernel)[(r, triton.cdiv(c, block_c), e)](
+        x, dy, mean.contiguous(), rstd.contiguous(), scale.contiguous(), shift.contiguous(), parts[0], parts[1],
+        n, c, e, rows_per_program, RELU=RELU_CODES[relu], BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    return parts.sum(1)
+
+
+@triton_op("crossq_gpu::brn_grad_input", mutates_args=())
+def brn_grad_input(
     dy: Tensor,
     x: Tensor,
     mean: Tensor,
     rstd: Tensor,
     scale: Tensor,
     shift: Tensor,
+    sums: Tensor,
+    n_total: int,
     relu: str,
     batch: bool,
-    need_dx: bool,
-) -> tuple[Tensor, Tensor]:
-    """(dx, [dshift; dscale]) of `brn_apply`, dx empty when not needed (saves a full pass).
-    dshift and dscale share one [2, .., C] tensor: a custom op's outputs may not alias."""
-    x, dy = x.contiguous(), dy.contiguous()
+) -> Tensor:
+    """dx of `brn_apply` from `brn_grad_sums`'s sums, taken over n_total rows."""
+    x, dy, sums = x.contiguous(), dy.contiguous(), sums.contiguous()
     e, n, c = _dims(x)
-    block_n, block_c, rows_per_program = launch_config(n, c, e, x.device)
-    r = triton.cdiv(n, rows_per_program)
-    mean, rstd, scale, shift = (t.contiguous() for t in (mean, rstd, scale, shift))
-    parts = x.new_empty((2, r, *mean.shape))  # [Σg; Σg·x̂] per program: one buffer, one sum
-    wrap_triton(_grad_sums_kernel)[(r, triton.cdiv(c, block_c), e)](
-        x, dy, mean, rstd, scale, shift, parts[0], parts[1], n, c, e, rows_per_program,
-        RELU=RELU_CODES[relu], BLOCK_N=block_n, BLOCK_C=block_c,
-    )
-    sums = parts.sum(1)
-    if not need_dx:
-        return x.new_empty(0), sums
+    block_n, block_c, _ = launch_config(n, c, e, x.device)
     dx = torch.empty_like(x)
     wrap_triton(_grad_input_kernel)[(triton.cdiv(n, block_n), triton.cdiv(c, block_c), e)](
-        x, dy, dx, mean, rstd, scale, shift, sums[0], sums[1], n, c,
-        RELU=RELU_CODES[relu], BATCH=batch, BLOCK_N=block_n, BLOCK_C=block_c,
+        x, dy, dx, mean.contiguous(), rstd.contiguous(), scale.contiguous(), shift.contiguous(), sums[0], sums[1],
+        n, c, n_total, RELU=RELU_CODES[relu], BATCH=batch, BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    return dx, sums
+    return dx
+
+
+# --------------------------------------------------------------------------- statistics over ranks
+
+
+def _merge_over_ranks(
+    part_mean: Tensor, part_m2: Tensor, n: int, rows_per_program: int, shift: Tensor, group: ProcessGroup
+) -> tuple[Tensor, Tensor, int]:
+    """Every rank's partials as one: (mean, M2) [1, .., C] over all n × ranks rows, and that count.
+
+    Per rank Σ(h − c) = Σ_r n_r (mean_r − c) and Σ(h − c)² = Σ_r M2_r + n_r (mean_r − c)², with c
+    the running mean (the same on every rank); one all-reduce adds them up, as in
+    `synced_stats.global_moments`.
+    """
+    starts = rows_per_program * torch.arange(part_mean.shape[0], device=part_mean.device)
+    counts = (n - starts).clamp(max=rows_per_program).to(part_mean.dtype).view(-1, *[1] * (part_mean.dim() - 1))
+    dev = part_mean - shift
+    sums = sum_over_ranks(torch.stack([(counts * dev).sum(0), (part_m2 + counts * dev * dev).sum(0)]), group)
+    total = n * dist.get_world_size(group)
+    mean_dev = sums[0] / total
+    m2 = (sums[1] - total * mean_dev * mean_dev).clamp_min(0.0)
+    return (shift + mean_dev).unsqueeze(0), m2.unsqueeze(0), total
+
+
+def train_stats(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    relu_input: bool,
+    params: BrnParams,
+    group: ProcessGroup | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mean, 1/σ_B, r, d) of h (= relu(x) if relu_input) over dim -2 — over every rank's rows
+    with a `group`, whose all-reduce sits between the reduction and the per-channel kernel —
+    and the running-statistics update. Not differentiable."""
+    part_mean, part_m2 = brn_partial_stats(x, relu_input)
+    e, n, c = _dims(x)
+    rows_per_program = launch_config(n, c, e, x.device)[2]
+    if group is not None:
+        part_mean, part_m2, n = _merge_over_ranks(part_mean, part_m2, n, rows_per_program,
+                                                  read_stats(running_mean)[0], group)
+        rows_per_program = n
+    return brn_finalize_stats(part_mean, part_m2, running_mean, running_var, steps, n, rows_per_program,
+                              params.momentum, params.eps, params.r_max, params.d_max, params.warmup_steps)
 
 
 # --------------------------------------------------------------------------- autograd
+
+
+def _apply_grads(
+    dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, scale: Tensor, shift: Tensor, relu: str, batch: bool,
+    need_dx: bool, group: ProcessGroup | None,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(dx or None, dscale, dshift) of `brn_apply`. dscale and dshift are over x's rows (this
+    rank's share); with a `group`, dx's "− mean" terms take Σg and Σg·x̂ over every rank's rows."""
+    sums = brn_grad_sums(dy, x, mean, rstd, scale, shift, relu)
+    dshift, dscale = sums.unbind(0)
+    if not need_dx:  # the first critic layer's input needs no gradient: skip a full pass
+        return None, dscale, dshift
+    n = x.shape[-2]
+    if group is not None:
+        sums, n = sum_over_ranks(sums, group), n * dist.get_world_size(group)
+    return brn_grad_input(dy, x, mean, rstd, scale, shift, sums, n, relu, batch), dscale, dshift
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
@@ -419,11 +508,56 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 
 def _backward(ctx, dy: Tensor):  # type: ignore[no-untyped-def]
-    x, mean, rstd, scale, shift = ctx.saved_tensors
-    need_dx = ctx.needs_input_grad[0]
-    dx, sums = brn_apply_backward(dy, x, mean, rstd, scale, shift, ctx.relu, ctx.batch, need_dx)
-    dshift, dscale = sums.unbind(0)
-    return (dx if need_dx else None), None, None, dscale, dshift, None, None
+    dx, dscale, dshift = _apply_grads(dy, *ctx.saved_tensors, ctx.relu, ctx.batch, ctx.needs_input_grad[0], None)
+    return dx, None, None, dscale, dshift, None, None
 
 
 brn_apply.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SyncedApply(torch.autograd.Function):
+    """`brn_apply` on batch statistics of every rank of `group`: its backward all-reduces Σg, Σg·x̂."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mean: Tensor, rstd: Tensor, scale: Tensor, shift: Tensor,  # type: ignore[override]
+                relu: str, group: ProcessGroup) -> Tensor:
+        ctx.save_for_backward(x, mean, rstd, scale, shift)
+        ctx.relu, ctx.group = relu, group
+        return brn_apply(x, mean, rstd, scale, shift, relu, True)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        dx, dscale, dshift = _apply_grads(dy, *ctx.saved_tensors, ctx.relu, True, ctx.needs_input_grad[0], ctx.group)
+        return dx, None, None, dscale, dshift, None, None
+
+
+# --------------------------------------------------------------------------- the dispatcher's entries
+
+
+def triton_train(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    steps: Tensor,
+    params: BrnParams,
+    relu: Relu = "none",
+    group: ProcessGroup | None = None,
+) -> Tensor:
+    """`reference.reference_train` with the fused kernels: r and d stay constants for autograd,
+    which turns dscale/dshift into dγ = r·Σg·x̂ + d·Σg and dβ = Σg."""
+    mean, rstd, r, d = train_stats(x.detach(), running_mean, running_var, steps, relu == "input", params, group)
+    scale, shift = weight * r, weight * d + bias
+    if group is None:
+        return brn_apply(x, mean, rstd, scale, shift, relu, True)
+    return _SyncedApply.apply(x, mean, rstd, scale, shift, relu, group)
+
+
+def triton_eval(
+    x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, params: BrnParams,
+    relu: Relu = "none",
+) -> Tensor:
+    """`reference.reference_eval` with the fused kernel."""
+    centre, running_var = read_stats(running_mean, running_var)
+    return brn_apply(x, centre, torch.rsqrt(running_var + params.eps), weight, bias, relu, False)

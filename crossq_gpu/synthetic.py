@@ -1,0 +1,38 @@
+"""Random replay data and an `Update` on it: the update without an env, for benchmarks and tests."""
+
+from __future__ import annotations
+
+import torch
+
+from crossq_gpu.buffer import ReplayBuffer
+from crossq_gpu.config import Config
+from crossq_gpu.distributed import Ranks, sync_batch_renorm
+from crossq_gpu.networks import build_agent
+from crossq_gpu.update import Update
+
+
+def random_buffer(obs_dim: int, act_dim: int | None, num_actions: int | None, size: int, per_add: int,
+                  device: torch.device, done_prob: float) -> ReplayBuffer:
+    """A full ReplayBuffer of `size` random transitions (actions uniform, an episode end with
+    probability `done_prob`), added `per_add` at a time from torch's global generator."""
+    discrete = num_actions is not None
+    buffer = ReplayBuffer(obs_dim, () if discrete else (act_dim,), size, per_add, device,
+                          action_dtype=torch.int64 if discrete else torch.float32)
+    for _ in range(size // per_add):
+        obs = torch.randn(per_add, obs_dim, device=device)
+        action = (torch.randint(num_actions, (per_add,), device=device) if discrete
+                  else torch.rand(per_add, act_dim, device=device) * 2 - 1)
+        buffer.add(obs, action, torch.randn(per_add, device=device), torch.randn(per_add, obs_dim, device=device),
+                   (torch.rand(per_add, device=device) < done_prob).float())
+    return buffer
+
+
+def random_update(cfg: Config, obs_dim: int, act_dim: int | None, num_actions: int | None = None, *,
+                  device: torch.device = torch.device("cpu"), ranks: Ranks = Ranks(), size: int = 64,
+                  per_add: int = 8, done_prob: float = 0.1) -> Update:
+    """cfg's agent, data-parallel over `ranks`, and its Update on a `random_buffer`; the agent
+    is built first, so a seed set before the call fixes its initial weights."""
+    agent = build_agent(cfg, obs_dim, act_dim, num_actions).to(device)
+    sync_batch_renorm(agent, ranks)
+    buffer = random_buffer(obs_dim, act_dim, num_actions, size, per_add, device, done_prob)
+    return Update(agent, buffer, cfg, device, ranks)
