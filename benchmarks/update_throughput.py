@@ -59,6 +59,9 @@ BUFFER = 100_000
 COLUMNS = ["width", "batch", "impl", "mode", "ups", "transitions_per_s", "x_sb3", "x_sbx"]
 Run = Callable[[int], None]  # run(k): k gradient steps, finished (synchronised) on return
 # --variants: extra CrossQ rows beside the plain ones, as (impl name, ours() keyword arguments).
+# --modes: how our update runs (the learner's default: fused on a CPU, graphed on CUDA).
+MODES = {"eager": "no compile", "compiled": "compiled losses, eager backward and Adam",
+         "fused": "the whole step as one compiled program", "graphed": "fused, captured as a CUDA graph"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "actor-brn": ("CrossQ+aBRN", {"actor_brn": True}), "bf16": ("CrossQ+bf16", {"autocast": "bf16"})}
 
@@ -70,6 +73,7 @@ def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, act
         f"agent.algorithm.name={algo}", f"agent.critic_net.hidden=[{width}, {width}]", f"agent.net.hidden={ACTOR}",
         f"agent.net.batch_renorm={str(actor_brn).lower()}", f"agent.memory.batch_size={batch}",
         f"agent.algorithm.policy_delay={POLICY_DELAY}", f"run.compile={str(mode != 'eager').lower()}",
+        f"run.fused_step={str(mode in ('fused', 'graphed')).lower()}",
         f"run.cuda_graphs={str(mode == 'graphed').lower()}", f"run.autocast={autocast}"])
     agent = build_agent(cfg, OBS, ACT, None).to(device)
     sync_batch_renorm(agent, ranks)
@@ -214,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", help="default: CPU 256 1024; CUDA 256 … 32768")
     p.add_argument("--max-cost", type=int, default=None,
                    help="skip points with batch × width above this (CPU default 256 × 2048: the paper width at batch 256)")
-    p.add_argument("--modes", nargs="+", choices=["eager", "compiled", "graphed"],
+    p.add_argument("--modes", nargs="+", choices=list(MODES),
                    help="default: all the device supports")
     p.add_argument("--algos", nargs="+", choices=["CrossQ", "SAC"], default=["CrossQ", "SAC"],
                    help="our algorithms to time (default: both)")
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     args.widths = args.widths or ([256, 512, 1024, 2048] if cuda else [256, 2048])
     args.batch_sizes = args.batch_sizes or ([256, 1024, 4096, 16384, 32768] if cuda else [256, 1024])
     args.max_cost = args.max_cost or (None if cuda else 256 * 2048)
-    args.modes = args.modes or (["eager", "compiled", "graphed"] if cuda else ["eager", "compiled"])
+    args.modes = args.modes or [mode for mode in MODES if cuda or mode != "graphed"]
     if "graphed" in args.modes and not cuda:
         p.error("--modes graphed needs CUDA")
     if args.compare is None:

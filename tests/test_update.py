@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from crossq_gpu.buffer import ReplayBuffer
+from crossq_gpu.buffer import make_buffer
 from crossq_gpu.config import build_config
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, target_entropy
@@ -21,8 +21,8 @@ def make(algo="CrossQ", discrete=False, compile=False, extra=()):
         f"run.compile={str(compile).lower()}", *extra])
     num_actions = 3 if discrete else None
     agent = build_agent(cfg, OBS, None if discrete else ACT, num_actions)
-    buffer = ReplayBuffer(OBS, () if discrete else (ACT,), max_size=256, num_envs=8, device="cpu",
-                          action_dtype=torch.int64 if discrete else torch.float32)
+    buffer = make_buffer(cfg.agent.memory.name, obs_dim=OBS, action_shape=() if discrete else (ACT,), max_size=256,
+                         num_envs=8, device="cpu", action_dtype=torch.int64 if discrete else torch.float32)
     for _ in range(8):
         action = torch.randint(3, (8,)) if discrete else torch.rand(8, ACT) * 2 - 1
         buffer.add(torch.randn(8, OBS), action, torch.randn(8), torch.randn(8, OBS), (torch.rand(8) < 0.1).float())

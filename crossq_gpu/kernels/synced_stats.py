@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.distributed import ProcessGroup
 
 
-def _sum_over_ranks(x: Tensor, group: ProcessGroup) -> Tensor:
+def sum_over_ranks(x: Tensor, group: ProcessGroup) -> Tensor:
     """Traceable functional collective under compile; eager, the in-place one (a third cheaper on gloo)."""
     if torch.compiler.is_compiling():
         return funcol.all_reduce(x, "sum", group)
@@ -36,11 +36,11 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, group: ProcessGroup) -> Tensor:  # type: ignore[override]
         ctx.group = group
-        return _sum_over_ranks(x, group)
+        return sum_over_ranks(x, group)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return _sum_over_ranks(grad.contiguous(), ctx.group), None
+        return sum_over_ranks(grad.contiguous(), ctx.group), None
 
 
 def global_moments(h: Tensor, shift: Tensor, group: ProcessGroup) -> tuple[Tensor, Tensor, int]:
