@@ -1,4 +1,4 @@
-"""Gradient updates per second: CrossQ vs our SAC, eager vs compiled vs CUDA-graph captured.
+"""Gradient updates per second: CrossQ vs our SAC, eager vs compiled vs fused vs CUDA-graph captured.
 
     python -m benchmarks.update_throughput                        # default sweep for the device
     python -m benchmarks.update_throughput --widths 256 --batch-sizes 256 --rounds 5
@@ -11,9 +11,10 @@ A MuJoCo-sized task (obs 17, act 6), actor 256×2, policy_delay 3 and a replay b
 `Update.step()` is one gradient step (sample, critic step and, every third step, the actor
 and α steps), so updates/s counts what the learner runs; transitions/s = updates/s × batch.
 
-Modes: `eager`, `compiled` (torch.compile of the losses, fullgraph) and, on CUDA, `graphed`
-(compiled and captured as a CUDA graph — the learner's CUDA default). Matmuls run at the
-learner's precision (TF32 on CUDA). At the batch size of `--compare-batch`, sb3-contrib's
+Modes (`MODES`): `eager`; `compiled` (torch.compile of the losses, fullgraph; eager backward
+and Adam); `fused` (the whole step as one compiled program: the learner's CPU default) and,
+on CUDA, `graphed` (fused and captured as a CUDA graph — the learner's CUDA default). Matmuls
+run at the learner's precision (TF32 on CUDA). At the batch sizes of `--compare-batch`, sb3-contrib's
 CrossQ (PyTorch) and SBX's CrossQ (JAX) run the same config when installed
 (`pip install -e '.[compare]'`): their `train(gradient_steps=K)` on a pre-filled buffer.
 Both put BatchRenorm in the actor as well; `--variants actor-brn` adds `CrossQ+aBRN` (ours
@@ -168,7 +169,7 @@ def point_runs(width: int, batch: int, args: argparse.Namespace, device: torch.d
         impl, kwargs = VARIANTS[variant]
         for mode in args.modes:
             runs[(impl, mode)] = ours("CrossQ", mode, width, batch, device, **kwargs)
-    if batch == args.compare_batch:
+    if batch in args.compare_batch:
         for name in args.compare:
             runs[(name, "jit" if name == "sbx" else "eager")] = baseline(name, width, batch, device)
     return runs
@@ -226,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
                    help="extra CrossQ rows at every point: actor-brn (BRN in the actor too), bf16 (autocast)")
     p.add_argument("--compare", nargs="*", default=None, choices=["sb3-contrib", "sbx"],
                    help="baselines to run beside ours (default: those installed; --compare alone: none)")
-    p.add_argument("--compare-batch", type=int, default=256, help="batch size at which the baselines run")
+    p.add_argument("--compare-batch", type=int, nargs="+", default=[256], help="batch sizes at which the baselines run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="interleaved blocks per variant (median reported)")
     p.add_argument("--block-s", type=float, default=0.4, help="target seconds per timed block")

@@ -62,11 +62,20 @@ class FusedStep:
     def __init__(self, update: Update) -> None:
         self.update = update
         self._program = torch.compile(self._step, fullgraph=True)
+        self._traced: set[tuple[bool, bool]] = set()
 
     def __call__(self, actor_step: bool) -> Metrics:
         u = self.update
         batch = None if isinstance(u.buffer, ReplayBuffer) else u.buffer.sample(u.batch_size)
-        # Tracing torch.autograd.grad is opt-in; only this program's traces see the flag.
+        variant = (actor_step, batch is None)
+        if variant in self._traced:
+            # Dynamo's guards re-check, on every call, each module attribute, parameter, optimizer
+            # state and hyperparameter the program read when traced; none of them changes after
+            # the Update is built, so only the guards that tell the variants apart run.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self._program(actor_step, batch)
+        self._traced.add(variant)
+        # Tracing torch.autograd.grad is opt-in; only the trace needs the flag.
         with torch._dynamo.config.patch(trace_autograd_ops=True):
             return self._program(actor_step, batch)
 

@@ -1,10 +1,12 @@
 """One gradient step of CrossQ (or the SAC baseline), in the order of docs/design.md §1.
 
 The losses are computed by two functions of an explicit batch (`critic_losses`,
-`policy_losses`); those are what `torch.compile(fullgraph=True)` compiles, which proves
-that the forward and the (AOT-traced) backward contain no host sync and no graph break.
-Backward and the Adam steps run around them; on CUDA the whole step — sampling included —
-is captured as one CUDA graph per variant (with or without the actor step).
+`policy_losses`). With `run.compile` the whole step — sampling, losses, gradients, Adam —
+runs as one compiled program per variant (with or without the actor step; `fused_step.py`);
+with `run.fused_step` off only the two loss functions are compiled and backward and the
+Adam steps run around them; eager runs everything uncompiled, the reference. Both compile
+with `fullgraph=True`, which proves they contain no host sync and no graph break. On CUDA
+the step that runs, sampling included, is captured as one CUDA graph per variant.
 """
 
 from __future__ import annotations
