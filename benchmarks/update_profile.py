@@ -34,7 +34,7 @@ def count(prof: profile, updates: int) -> dict:
     for event in prof.events():
         if event.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in event.cpu_children):
             leaf += 1
-        elif event.name.startswith("cpp_fused"):
+        elif "cpp_fused" in event.name:  # graph_<id>_cpp_fused_<ops>
             fused += 1
     totals = Counter()
     for avg in prof.key_averages():
