@@ -1,4 +1,4 @@
-"""Gradient updates per second: CrossQ vs our SAC, eager vs compiled vs CUDA-graph captured.
+"""Gradient updates per second: CrossQ vs our SAC, eager vs compiled vs fused vs CUDA-graph captured.
 
     python -m benchmarks.update_throughput                        # default sweep for the device
     python -m benchmarks.update_throughput --widths 256 --batch-sizes 256 --rounds 5
@@ -11,9 +11,10 @@ A MuJoCo-sized task (obs 17, act 6), actor 256×2, policy_delay 3 and a replay b
 `Update.step()` is one gradient step (sample, critic step and, every third step, the actor
 and α steps), so updates/s counts what the learner runs; transitions/s = updates/s × batch.
 
-Modes: `eager`, `compiled` (torch.compile of the losses, fullgraph) and, on CUDA, `graphed`
-(compiled and captured as a CUDA graph — the learner's CUDA default). Matmuls run at the
-learner's precision (TF32 on CUDA). At the batch size of `--compare-batch`, sb3-contrib's
+Modes (`MODES`): `eager`; `compiled` (torch.compile of the losses, fullgraph; eager backward
+and Adam); `fused` (the whole step as one compiled program: the learner's CPU default) and,
+on CUDA, `graphed` (fused and captured as a CUDA graph — the learner's CUDA default). Matmuls
+run at the learner's precision (TF32 on CUDA). At the batch sizes of `--compare-batch`, sb3-contrib's
 CrossQ (PyTorch) and SBX's CrossQ (JAX) run the same config when installed
 (`pip install -e '.[compare]'`): their `train(gradient_steps=K)` on a pre-filled buffer.
 Both put BatchRenorm in the actor as well; `--variants actor-brn` adds `CrossQ+aBRN` (ours
@@ -57,6 +58,9 @@ BUFFER = 100_000
 COLUMNS = ["width", "batch", "impl", "mode", "ups", "transitions_per_s", "x_sb3", "x_sbx"]
 Run = Callable[[int], None]  # run(k): k gradient steps, finished (synchronised) on return
 # --variants: extra CrossQ rows beside the plain ones, as (impl name, ours() keyword arguments).
+# --modes: how our update runs (the learner's default: fused on a CPU, graphed on CUDA).
+MODES = {"eager": "no compile", "compiled": "compiled losses, eager backward and Adam",
+         "fused": "the whole step as one compiled program", "graphed": "fused, captured as a CUDA graph"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "actor-brn": ("CrossQ+aBRN", {"actor_brn": True}), "bf16": ("CrossQ+bf16", {"autocast": "bf16"})}
 
@@ -68,6 +72,7 @@ def ours(algo: str, mode: str, width: int, batch: int, device: torch.device, act
         f"agent.algorithm.name={algo}", f"agent.critic_net.hidden=[{width}, {width}]", f"agent.net.hidden={ACTOR}",
         f"agent.net.batch_renorm={str(actor_brn).lower()}", f"agent.memory.batch_size={batch}",
         f"agent.algorithm.policy_delay={POLICY_DELAY}", f"run.compile={str(mode != 'eager').lower()}",
+        f"run.fused_step={str(mode in ('fused', 'graphed')).lower()}",
         f"run.cuda_graphs={str(mode == 'graphed').lower()}", f"run.autocast={autocast}"])
     update = random_update(cfg, OBS, ACT, device=device, ranks=ranks, size=BUFFER, per_add=1000, done_prob=0.01)
 
@@ -149,7 +154,7 @@ def point_runs(width: int, batch: int, args: argparse.Namespace, device: torch.d
         impl, kwargs = VARIANTS[variant]
         for mode in args.modes:
             runs[(impl, mode)] = ours("CrossQ", mode, width, batch, device, **kwargs)
-    if batch == args.compare_batch:
+    if batch in args.compare_batch:
         for name in args.compare:
             runs[(name, "jit" if name == "sbx" else "eager")] = baseline(name, width, batch, device)
     return runs
@@ -199,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", help="default: CPU 256 1024; CUDA 256 … 32768")
     p.add_argument("--max-cost", type=int, default=None,
                    help="skip points with batch × width above this (CPU default 256 × 2048: the paper width at batch 256)")
-    p.add_argument("--modes", nargs="+", choices=["eager", "compiled", "graphed"],
+    p.add_argument("--modes", nargs="+", choices=list(MODES),
                    help="default: all the device supports")
     p.add_argument("--algos", nargs="+", choices=["CrossQ", "SAC"], default=["CrossQ", "SAC"],
                    help="our algorithms to time (default: both)")
@@ -207,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
                    help="extra CrossQ rows at every point: actor-brn (BRN in the actor too), bf16 (autocast)")
     p.add_argument("--compare", nargs="*", default=None, choices=["sb3-contrib", "sbx"],
                    help="baselines to run beside ours (default: those installed; --compare alone: none)")
-    p.add_argument("--compare-batch", type=int, default=256, help="batch size at which the baselines run")
+    p.add_argument("--compare-batch", type=int, nargs="+", default=[256], help="batch sizes at which the baselines run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="interleaved blocks per variant (median reported)")
     p.add_argument("--block-s", type=float, default=0.4, help="target seconds per timed block")
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     args.widths = args.widths or ([256, 512, 1024, 2048] if cuda else [256, 2048])
     args.batch_sizes = args.batch_sizes or ([256, 1024, 4096, 16384, 32768] if cuda else [256, 1024])
     args.max_cost = args.max_cost or (None if cuda else 256 * 2048)
-    args.modes = args.modes or (["eager", "compiled", "graphed"] if cuda else ["eager", "compiled"])
+    args.modes = args.modes or [mode for mode in MODES if cuda or mode != "graphed"]
     if "graphed" in args.modes and not cuda:
         p.error("--modes graphed needs CUDA")
     if args.compare is None:

@@ -178,6 +178,9 @@ class RunConfig:
     """Env steps between checkpoints (0: only at the end)."""
     compile: bool = True
     """torch.compile the update (both devices)."""
+    fused_step: bool = True
+    """With compile: the whole gradient step (sampling, losses, gradients, Adam) as one compiled
+    program, instead of compiled losses around eager backward passes and optimizer calls."""
     cuda_graphs: bool = True
     """Capture the update and the acting step as CUDA graphs (CUDA only)."""
     autocast: Literal["none", "bf16"] = "none"

@@ -14,7 +14,7 @@ gloo group, so they never touch the CUDA stream.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.distributed import ProcessGroup
 
 from crossq_gpu.kernels.batch_renorm import BatchRenorm1d
+from crossq_gpu.kernels.synced_stats import sum_over_ranks
 
 
 def launched_by_torchrun() -> bool:
@@ -80,10 +81,14 @@ class Ranks:
         if self.world == 1:
             return
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self.group)
-        flat /= self.world
-        torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
+        torch._foreach_copy_(grads, self.mean_over_ranks(grads))
+
+    def mean_over_ranks(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """Each tensor's mean over the ranks, as new tensors: one collective, traceable by torch.compile."""
+        if self.world == 1:
+            return list(tensors)
+        flat = sum_over_ranks(torch.cat([t.reshape(-1) for t in tensors]), self.group) / self.world
+        return [f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def all_sum(self, t: Tensor) -> Tensor:
         """The sum of `t` over the ranks (for metric windows, read once per log interval)."""

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from crossq_gpu.buffer import ReplayBuffer
-from crossq_gpu.config import Config
+from crossq_gpu.buffer import ReplayBuffer, make_buffer
+from crossq_gpu.config import Config, MemoryConfig
 from crossq_gpu.distributed import Ranks, sync_batch_renorm
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update
 
 
-def random_buffer(obs_dim: int, act_dim: int | None, num_actions: int | None, size: int, per_add: int,
-                  device: torch.device, done_prob: float) -> ReplayBuffer:
-    """A full ReplayBuffer of `size` random transitions (actions uniform, an episode end with
-    probability `done_prob`), added `per_add` at a time from torch's global generator."""
+def random_buffer(memory: MemoryConfig, obs_dim: int, act_dim: int | None, num_actions: int | None, size: int,
+                  per_add: int, device: torch.device, done_prob: float) -> ReplayBuffer:
+    """The buffer `memory` names (uniform or prioritized), `size` slots filled with random
+    transitions (actions uniform, an episode end with probability `done_prob`), added `per_add`
+    at a time from torch's global generator."""
     discrete = num_actions is not None
-    buffer = ReplayBuffer(obs_dim, () if discrete else (act_dim,), size, per_add, device,
-                          action_dtype=torch.int64 if discrete else torch.float32)
+    buffer = make_buffer(dataclasses.replace(memory, max_size=size), obs_dim, () if discrete else (act_dim,),
+                         per_add, device, action_dtype=torch.int64 if discrete else torch.float32)
     for _ in range(size // per_add):
         obs = torch.randn(per_add, obs_dim, device=device)
         action = (torch.randint(num_actions, (per_add,), device=device) if discrete
@@ -34,5 +37,5 @@ def random_update(cfg: Config, obs_dim: int, act_dim: int | None, num_actions: i
     is built first, so a seed set before the call fixes its initial weights."""
     agent = build_agent(cfg, obs_dim, act_dim, num_actions).to(device)
     sync_batch_renorm(agent, ranks)
-    buffer = random_buffer(obs_dim, act_dim, num_actions, size, per_add, device, done_prob)
+    buffer = random_buffer(cfg.agent.memory, obs_dim, act_dim, num_actions, size, per_add, device, done_prob)
     return Update(agent, buffer, cfg, device, ranks)

@@ -1,10 +1,12 @@
 """One gradient step of CrossQ (or the SAC baseline), in the order of docs/design.md §1.
 
 The losses are computed by two functions of an explicit batch (`critic_losses`,
-`policy_losses`); those are what `torch.compile(fullgraph=True)` compiles, which proves
-that the forward and the (AOT-traced) backward contain no host sync and no graph break.
-Backward and the Adam steps run around them; on CUDA the whole step — sampling included —
-is captured as one CUDA graph per variant (with or without the actor step).
+`policy_losses`). With `run.compile` the whole step — sampling, losses, gradients, Adam —
+runs as one compiled program per variant (with or without the actor step; `fused_step.py`);
+with `run.fused_step` off only the two loss functions are compiled and backward and the
+Adam steps run around them; eager runs everything uncompiled, the reference. Both compile
+with `fullgraph=True`, which proves they contain no host sync and no graph break. On CUDA
+the step that runs, sampling included, is captured as one CUDA graph per variant.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from crossq_gpu.buffer import Batch, PrioritizedReplay, ReplayBuffer
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.config import Config, OptimConfig
 from crossq_gpu.distributed import Ranks
+from crossq_gpu.fused_step import FusedStep
 from crossq_gpu.networks import Agent
 
 Metrics = dict[str, Tensor]
@@ -89,7 +92,8 @@ class Update:
                              (list(agent.critic_target.parameters()), self.critic_params))
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.run.autocast == "bf16" else contextlib.nullcontext())
-        if cfg.run.compile:
+        self._fused = FusedStep(self) if cfg.run.compile and cfg.run.fused_step else None
+        if cfg.run.compile and self._fused is None:
             self.critic_losses = torch.compile(self.critic_losses, fullgraph=True)
             self.policy_losses = torch.compile(self.policy_losses, fullgraph=True)
         self._graphs: dict[bool, GraphedCall] = {}
@@ -177,10 +181,11 @@ class Update:
         """One gradient step; the actor and α move every policy_delay-th step."""
         self.grad_steps += 1
         actor_step = self.grad_steps % self.policy_delay == 0
+        run = self._fused or self._step
         if not self._graphed:
-            return self._step(actor_step)
+            return run(actor_step)
         if actor_step not in self._graphs:
-            self._graphs[actor_step] = GraphedCall(lambda: self._step(actor_step), self.state_tensors())
+            self._graphs[actor_step] = GraphedCall(lambda: run(actor_step), self.state_tensors())
         return self._graphs[actor_step]()
 
     def state_tensors(self) -> list[Tensor]:

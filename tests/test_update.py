@@ -128,12 +128,13 @@ def test_compiled_update_equals_eager(algo):
 
 @torch._inductor.config.patch(fallback_random=False)
 def test_compiled_losses_draw_fresh_noise_every_call(fresh_dynamo: None) -> None:
-    """Same batch, same parameters, two calls: a' ~ π(s') and ã ~ π(s) must differ.
+    """Same batch, same parameters, two calls of the compiled losses: a' ~ π(s') and ã ~ π(s)
+    must differ (tests/test_fused_step.py checks the same of the whole-step program).
 
     Inductor's own RNG (fallback_random off, the default) is what the learner runs; a
     compiled graph that baked its noise in would return identical losses.
     """
-    update = small_update("run.compile=true", "agent.critic_net.batch_renorm.warmup_steps=1000")
+    update = small_update("run.compile=true", "run.fused_step=false", "agent.critic_net.batch_renorm.warmup_steps=1000")
     batch = update.buffer.sample(B)
     critic = [update.critic_losses(batch)[0].detach() for _ in range(2)]
     actor = [update.policy_losses(batch)[1]["actor_loss"] for _ in range(2)]
