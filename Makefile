@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/python -m crossq_gpu.learner $(ARGS)
 
-# CI tier: numerical tests plus the short learning tests; `-m slow` runs the long ones.
+# CI tier: lint, then the numerical tests plus the short learning tests; `-m slow` runs the long ones.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(STAMP)

@@ -44,8 +44,16 @@ def per_call_seconds(fn: Callable[[], object], device: torch.device, min_run_tim
 
 
 def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    buf = BUFFERS[name](args.obs_dim, (args.act_dim,), capacity, args.num_envs, device)
-    n = args.num_envs
+    """Rows of one buffer at one capacity; its storage is freed before the next one is built."""
+    rows = measure(BUFFERS[name](args.obs_dim, (args.act_dim,), capacity, args.num_envs, device), name, args, device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def measure(buf: ReplayBuffer, name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    capacity, n = buf.max_size, args.num_envs
     step = (torch.randn(n, args.obs_dim, device=device), torch.rand(n, args.act_dim, device=device) * 2 - 1,
             torch.randn(n, device=device), torch.randn(n, args.obs_dim, device=device), torch.zeros(n, device=device))
     for _ in range(-(-capacity // n)):  # fill to the brim: sampling cost depends on the stored range
@@ -53,12 +61,12 @@ def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: t
     add_s = per_call_seconds(lambda: buf.add(*step), device, args.min_run_time)
     rows = []
     for batch_size in args.batch_sizes:
-        sample_s = per_call_seconds(lambda: buf.sample(batch_size), device, args.min_run_time)
+        sample_s = per_call_seconds(lambda b=batch_size: buf.sample(b), device, args.min_run_time)
         if isinstance(buf, PrioritizedReplay):
             td = torch.rand(batch_size, device=device)
 
-            def learner_step() -> None:
-                buf.update_priorities(buf.sample(batch_size).indices, td)
+            def learner_step(b: int = batch_size, td: torch.Tensor = td) -> None:
+                buf.update_priorities(buf.sample(b).indices, td)
 
             step_s = per_call_seconds(learner_step, device, args.min_run_time)
         else:
@@ -66,10 +74,6 @@ def bench_capacity(name: str, capacity: int, args: argparse.Namespace, device: t
         rows.append({"buffer": name, "capacity": capacity, "batch_size": batch_size,
                      "add_per_s": n / add_s, "sample_per_s": batch_size / sample_s,
                      "sample_update_per_s": batch_size / step_s})
-    del buf, step
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -122,7 +126,8 @@ def main() -> None:
     print("transitions/s; x_*: PrioritizedReplay / Replay (x_update: PER sample + update_priorities vs uniform sample)")
     config = {k: v for k, v in vars(args).items() if k != "max_capacity"} | {"capacities": capacities}
     path = write_json("buffer_throughput", device, rows, config=config)
-    png = save_png(plot(rows, f"buffer throughput — {device.type}, torch {torch.__version__}"), "buffer_throughput", device)
+    title = f"buffer throughput — {device.type}, torch {torch.__version__}"
+    png = save_png(plot(rows, title), "buffer_throughput", device)
     print(f"wrote {path} and {png}")
 
 

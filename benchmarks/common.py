@@ -27,10 +27,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: benchmarks run on servers and in CI
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
-from crossq_gpu.atomic import atomic_write  # noqa: E402
+from crossq_gpu.atomic import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--algo", choices=["CrossQ", "SAC"], default="CrossQ")
     p.add_argument("--width", type=int, default=256, help="critic hidden width (× 2 layers)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "graphed"], default=["eager", "compiled", "fused"])
+    p.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "graphed"],
+                   default=["eager", "compiled", "fused"])
     p.add_argument("--updates", type=int, default=4 * POLICY_DELAY, help="profiled updates per mode")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)

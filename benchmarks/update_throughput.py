@@ -200,10 +200,12 @@ def plot(rows: list[dict], title: str) -> plt.Figure:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--widths", type=int, nargs="+", help="critic hidden widths (default: CPU 256 2048; CUDA 256 … 2048)")
+    p.add_argument("--widths", type=int, nargs="+",
+                   help="critic hidden widths (default: CPU 256 2048; CUDA 256 … 2048)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="default: CPU 256 1024; CUDA 256 … 32768")
     p.add_argument("--max-cost", type=int, default=None,
-                   help="skip points with batch × width above this (CPU default 256 × 2048: the paper width at batch 256)")
+                   help="skip points with batch × width above this "
+                        "(CPU default 256 × 2048: the paper width at batch 256)")
     p.add_argument("--modes", nargs="+", choices=list(MODES),
                    help="default: all the device supports")
     p.add_argument("--algos", nargs="+", choices=["CrossQ", "SAC"], default=["CrossQ", "SAC"],
@@ -237,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare is None:
         args.compare = [name for name in ("sb3-contrib", "sbx") if installed(name)]
 
-    versions = {name: __import__(module).__version__ for name, module in (("sb3-contrib", "sb3_contrib"), ("sbx", "sbx"))
-                if name in args.compare}
+    modules = (("sb3-contrib", "sb3_contrib"), ("sbx", "sbx"))
+    versions = {name: __import__(module).__version__ for name, module in modules if name in args.compare}
     if "sbx" in args.compare:
         import jax
 

@@ -89,7 +89,7 @@ class AlgorithmConfig:
     """Actor and α are updated every policy_delay gradient steps."""
     alpha_init: float = 1.0
     """Initial entropy temperature α (> 0); log α is learned from there."""
-    target_entropy: Union[float, Literal["auto"]] = "auto"
+    target_entropy: float | Literal["auto"] = "auto"
     """auto: −|A| for continuous actions, 0.89·log|A| for discrete ones."""
     alpha_optim: OptimConfig = field(default_factory=OptimConfig)
     """Adam for log α."""

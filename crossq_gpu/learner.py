@@ -13,8 +13,9 @@ import re
 import sys
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 

@@ -152,7 +152,7 @@ def test_ensemble_equals_separate_layers() -> None:
         for i, s in enumerate(singles):
             s.weight.copy_(ensemble.weight[i])
             s.bias.copy_(ensemble.bias[i])
-    for step in range(4):  # crosses warmup at step 2
+    for _ in range(4):  # crosses warmup at step 2
         for training in (True, False):
             ensemble.train(training)
             x = (torch.randn(e, n, c) * 2 + 1).requires_grad_()
@@ -295,7 +295,7 @@ def test_hand_written_backward_gradcheck_float64() -> None:
 
     x0, rm, rv = clipping_case(12, 5)
     for relu in ("none", "input", "output"):
-        def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        def fn(x: Tensor, w: Tensor, b: Tensor, relu: str = relu) -> Tensor:
             state = (rm.double(), rv.double(), torch.tensor(0))
             return batch_renorm_train(x, w, b, *state, BrnParams(warmup_steps=1, **HYPER), relu=relu)  # type: ignore[arg-type]
 

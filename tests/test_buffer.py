@@ -41,7 +41,8 @@ def assert_slots_consistent(buf: ReplayBuffer, slots: torch.Tensor) -> torch.Ten
     return ids
 
 
-@pytest.mark.parametrize(("max_size", "num_envs", "n_steps"), [(12, 4, 7), (10, 3, 9), (7, 7, 3), (5, 1, 13), (11, 4, 2)])
+@pytest.mark.parametrize(("max_size", "num_envs", "n_steps"),
+                         [(12, 4, 7), (10, 3, 9), (7, 7, 3), (5, 1, 13), (11, 4, 2)])
 def test_wraparound_keeps_exactly_the_newest(max_size: int, num_envs: int, n_steps: int) -> None:
     buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size, num_envs, "cpu")
     newest: deque[int] = deque(maxlen=max_size)
@@ -117,7 +118,8 @@ def test_max_size_below_num_envs_is_rejected() -> None:
 
 @pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplay])
 @pytest.mark.parametrize(("action_shape", "action_dtype"), [((ACT_DIM,), torch.float32), ((), torch.int64)])
-def test_nbytes_matches_what_is_allocated(cls: type[ReplayBuffer], action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
+def test_nbytes_matches_what_is_allocated(cls: type[ReplayBuffer], action_shape: tuple[int, ...],
+                                          action_dtype: torch.dtype) -> None:
     buf = cls(OBS_DIM, action_shape, max_size=21, num_envs=3, device="cpu", action_dtype=action_dtype)
     storage = [buf.obs, buf.action, buf.reward, buf.next_obs, buf.terminated]
     if cls is PrioritizedReplay:

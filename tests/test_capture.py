@@ -14,7 +14,7 @@ import torch
 from crossq_gpu.capture import GraphedCall
 from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update
-from tests.factories import B, N_ACTIONS, OBS, small_config, small_update
+from tests.factories import N_ACTIONS, OBS, B, small_config, small_update
 
 CUDA = torch.cuda.is_available()
 
@@ -131,7 +131,8 @@ def test_learner_cuda_path_equals_eager_reference(fresh_dynamo: None) -> None:
     the whole step captured as CUDA graphs, capturable Adam — trains like the eager torch reference
     with fused Adam. fallback_random: Inductor draws from torch's generator, so both see one noise."""
     reference = seeded("run.cuda_graphs=false", "agent.critic_net.batch_renorm.impl=torch", device="cuda")
-    fast = seeded("run.compile=true", "run.cuda_graphs=true", "agent.critic_net.batch_renorm.impl=triton", device="cuda")
+    fast = seeded("run.compile=true", "run.cuda_graphs=true", "agent.critic_net.batch_renorm.impl=triton",
+                  device="cuda")
     assert_same_training(reference, fast, rtol=1e-4, atol=1e-5)
     assert set(fast._graphs) == {False, True}
     assert int(fast.agent.state_dict()["critic.mlp.norms.0.steps"]) == 6

@@ -25,7 +25,7 @@ from crossq_gpu.checkpoint import load_checkpoint
 from crossq_gpu.distributed import Ranks, RankSetupError, pin_local_gpu
 from crossq_gpu.kernels import BatchRenorm1d, BrnParams
 from crossq_gpu.update import Update
-from tests.factories import ACT, B, N_ACTIONS, OBS, small_update
+from tests.factories import ACT, N_ACTIONS, OBS, B, small_update
 from tests.fixed_batches import FixedBatches
 from tests.small_run import SMALL, comparable, rows
 

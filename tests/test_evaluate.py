@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from crossq_gpu import learner
+from crossq_gpu.checkpoint import load_checkpoint
 from crossq_gpu.envs import make_env
 from crossq_gpu.evaluate import evaluate, load_agent
-from crossq_gpu.checkpoint import load_checkpoint
 from tests.small_run import SMALL
 
 
@@ -72,7 +72,8 @@ class StepCounter:
     def step(self, action):
         self.t += 1
         ended = torch.full((2,), self.t == self.end_at)
-        return torch.zeros(2, 1), torch.ones(2), torch.zeros(2, dtype=torch.bool), ended, {"final_obs": torch.zeros(2, 1)}
+        no = torch.zeros(2, dtype=torch.bool)
+        return torch.zeros(2, 1), torch.ones(2), no, ended, {"final_obs": torch.zeros(2, 1)}
 
 
 class StandStill:

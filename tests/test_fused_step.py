@@ -10,8 +10,8 @@ import torch
 
 from crossq_gpu.fused_step import adam_
 from crossq_gpu.update import Update, make_adam
-from tests.fixed_batches import FixedBatches
 from tests.factories import B, small_config, small_update
+from tests.fixed_batches import FixedBatches
 
 STEPS = 4  # crosses the BRN warmup of 2 steps
 
@@ -125,7 +125,8 @@ def test_functional_adam_equals_torch_adam() -> None:
     params = [torch.randn(3, 4), torch.randn(5), torch.randn(())]
     ours = [p.clone() for p in params]
     cfg = small_config().agent.critic_net.optim
-    reference, functional = make_adam(params, cfg, torch.device("cpu"), False), make_adam(ours, cfg, torch.device("cpu"), False)
+    cpu = torch.device("cpu")
+    reference, functional = make_adam(params, cfg, cpu, False), make_adam(ours, cfg, cpu, False)
     for _ in range(5):
         grads = [torch.randn_like(p) for p in params]
         for p, g in zip(params, grads):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossq_gpu.networks import StackedLinear, build_agent, gumbel_max_sample
-from tests.factories import ACT, B, OBS, small_config
+from tests.factories import ACT, OBS, B, small_config
 
 
 @pytest.mark.parametrize("out_features", [1, 3])  # 1: the Q head's dot-product path
@@ -36,7 +36,8 @@ def test_crossq_critic_member_equals_an_independent_batchnorm_mlp(activation, br
     weights, in every layout: BRN before or after the activation (fused ReLU or not), with or
     without the input BRN."""
     cfg = small_config("agent.critic_net.batch_renorm.warmup_steps=1000", f"agent.critic_net.activation={activation}",
-                       f"agent.critic_net.brn_order={brn_order}", f"agent.critic_net.input_brn={str(input_brn).lower()}")
+                       f"agent.critic_net.brn_order={brn_order}",
+                       f"agent.critic_net.input_brn={str(input_brn).lower()}")
     critic = build_agent(cfg, OBS, ACT, None).critic
     mlp = critic.mlp
     j = 1

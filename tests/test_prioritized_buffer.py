@@ -19,7 +19,8 @@ def make(max_size: int, num_envs: int, **kwargs: float) -> PrioritizedReplay:
 def add_steps(buf: PrioritizedReplay, n_steps: int) -> None:
     for _ in range(n_steps):
         n = buf.num_envs
-        buf.add(torch.randn(n, OBS_DIM), torch.randn(n, ACT_DIM), torch.randn(n), torch.randn(n, OBS_DIM), torch.zeros(n))
+        buf.add(torch.randn(n, OBS_DIM), torch.randn(n, ACT_DIM), torch.randn(n), torch.randn(n, OBS_DIM),
+                torch.zeros(n))
 
 
 def reference_priority(td: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from crossq_gpu.buffer import Batch
 from crossq_gpu.kernels import BrnParams, batch_renorm, triton_brn
-from tests.factories import ACT, B, OBS, small_update
+from tests.factories import ACT, OBS, B, small_update
 from tests.fixed_batches import FixedBatches
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -64,8 +64,9 @@ def run(impl: str, x0: Tensor, rm: Tensor, rv: Tensor, steps: int, g: Tensor, **
 def assert_matches(x: Tensor, rm: Tensor, rv: Tensor, steps: int, **kw: object) -> None:
     g = torch.randn(x.shape)
     names = ("y", "dx", "dweight", "dbias", "running_mean", "running_var", "steps")
-    for name, got, want in zip(names, run("triton", x, rm, rv, steps, g, **kw), run("torch", x, rm, rv, steps, g, **kw)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    triton_out, torch_out = run("triton", x, rm, rv, steps, g, **kw), run("torch", x, rm, rv, steps, g, **kw)
+    for name, got, want in zip(names, triton_out, torch_out):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("relu", ["none", "input", "output"])
@@ -147,7 +148,8 @@ def test_crossq_update_with_triton_equals_reference() -> None:
     Eager steps: a CUDA graph would replay the one batch it captured, not the next one."""
     device = torch.device("cuda" if ON_GPU else "cpu")
     gen = torch.Generator(device).manual_seed(1)
-    batches = [Batch(torch.randn(B, OBS, generator=gen, device=device), torch.rand(B, ACT, generator=gen, device=device),
+    batches = [Batch(torch.randn(B, OBS, generator=gen, device=device),
+                     torch.rand(B, ACT, generator=gen, device=device),
                      torch.randn(B, generator=gen, device=device), torch.randn(B, OBS, generator=gen, device=device),
                      torch.zeros(B, device=device), None, torch.arange(B, device=device)) for _ in range(4)]
     finals = []
@@ -162,7 +164,8 @@ def test_crossq_update_with_triton_equals_reference() -> None:
         finals.append(update.agent.state_dict())
     assert int(finals[0]["critic.mlp.norms.0.steps"]) == 4
     for name, want in finals[1].items():
-        torch.testing.assert_close(finals[0][name], want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(finals[0][name], want, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 COMPILE_SCRIPT = """

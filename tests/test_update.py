@@ -21,8 +21,10 @@ def test_crossq_runs_one_joint_critic_forward_on_2B_rows(discrete):
     update = small_update(discrete=discrete)
     agent, buffer = update.agent, update.buffer
     calls = []
-    agent.critic.register_forward_hook(lambda m, args, kwargs, out: calls.append((args[0].shape[0], kwargs["training"])),
-                                       with_kwargs=True)
+    def record(module: object, args: tuple, kwargs: dict, out: object) -> None:
+        calls.append((args[0].shape[0], kwargs["training"]))
+
+    agent.critic.register_forward_hook(record, with_kwargs=True)
     update.critic_losses(buffer.sample(B))
     assert calls == [(2 * B, True)]
 

@@ -9,7 +9,8 @@ the sub-envs must be reachable for render() and state_dict().
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
