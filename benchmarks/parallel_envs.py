@@ -238,11 +238,11 @@ def plot(rows: list[dict[str, Any]], device: torch.device, name: str) -> None:
                     continue
                 lever = r["part"] == "lever"
                 color = f"C{levers.index(r['lever']) if lever else sizes.index(r['num_envs'])}"
-                name = r["lever"] if lever else f"{r['algo']} {r['num_envs']} envs"
+                legend = r["lever"] if lever else f"{r['algo']} {r['num_envs']} envs"
                 ax.plot([p[x] for p in r["curve"]], [p["return"] for p in r["curve"]],
                         color=color, ls="-" if r["algo"] == "crossq" else "--",
                         lw=2 if r["part"] == "target" else 1, alpha=0.8,
-                        label=name if r["seed"] == min(q["seed"] for q in group) else None)
+                        label=legend if r["seed"] == min(q["seed"] for q in group) else None)
             ax.set_xlabel(label)
             ax.set_ylabel(f"{title} eval return")
             ax.grid(alpha=0.3)
