@@ -5,12 +5,16 @@ variants (critic only, actor step); these add prioritized replay, discrete actio
 each with the actor step on every call (policy_delay 1), so each case compiles one program.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
+from crossq_gpu.buffer import make_buffer
 from crossq_gpu.fused_step import adam_
+from crossq_gpu.networks import build_agent
 from crossq_gpu.update import Update, make_adam
-from tests.factories import B, small_config, small_update
+from tests.factories import ACT, N_ACTIONS, OBS, B, small_config
 from tests.fixed_batches import FixedBatches
 
 STEPS = 4  # crosses the BRN warmup of 2 steps
@@ -26,7 +30,16 @@ def fresh_dynamo():  # type: ignore[no-untyped-def]
 
 
 def make(algo: str = "CrossQ", discrete: bool = False, compile: bool = False, extra: tuple[str, ...] = ()) -> Update:
-    return small_update(f"run.compile={str(compile).lower()}", *extra, algo=algo, discrete=discrete)
+    """small_config's Update on 64 random transitions in a 256-slot buffer of the configured kind."""
+    cfg = small_config(f"run.compile={str(compile).lower()}", *extra, algo=algo)
+    num_actions = N_ACTIONS if discrete else None
+    agent = build_agent(cfg, OBS, None if discrete else ACT, num_actions)
+    buffer = make_buffer(dataclasses.replace(cfg.agent.memory, max_size=256), OBS, () if discrete else (ACT,), 8,
+                         "cpu", torch.int64 if discrete else torch.float32)
+    for _ in range(8):
+        action = torch.randint(N_ACTIONS, (8,)) if discrete else torch.rand(8, ACT) * 2 - 1
+        buffer.add(torch.randn(8, OBS), action, torch.randn(8), torch.randn(8, OBS), (torch.rand(8) < 0.1).float())
+    return Update(agent, buffer, cfg, torch.device("cpu"))
 
 
 def train_pair(algo: str, discrete: bool, extra: list[str]) -> tuple[Update, Update, list[tuple[dict, dict]]]:
