@@ -145,7 +145,8 @@ def test_compiled_losses_draw_fresh_noise_every_call(fresh_dynamo: None) -> None
 
 
 def test_consecutive_compiled_steps_sample_new_batches(fresh_dynamo: None) -> None:
-    update = small_update("run.compile=true")
+    """The compiled-losses path samples outside its programs (the fused step's own test samples inside)."""
+    update = small_update("run.compile=true", "run.fused_step=false")
     seen = []
     update.buffer.sample = lambda n, sample=update.buffer.sample: seen.append(sample(n)) or seen[-1]  # type: ignore[method-assign]
     update.step()
