@@ -78,7 +78,8 @@ class Spec:
 
 
 def regime(spec: Spec) -> Config:
-    cfg, _ = configure.build_config("auto", spec.device == "cuda",
+    """The config the learner will resolve for `spec`, its lever's overrides included."""
+    cfg, _ = configure.build_config("auto", spec.device == "cuda", overrides=LEVERS[spec.lever],
                                     flags={"env.name": spec.env, "env.num_envs": spec.num_envs})
     return cfg
 
@@ -158,7 +159,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (part, env, algo, num_envs): means over seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["part"], r["env"], r["algo"], r["num_envs"], r.get("lever", "rule")), []).append(r)
+        groups.setdefault((r["part"], r["env"], r["algo"], r["num_envs"], r["lever"]), []).append(r)
     out = []
     for (part, env, algo, n, lever), runs in sorted(groups.items()):
         finals = [r["curve"][-1]["return"] for r in runs if r["curve"]]
@@ -231,6 +232,7 @@ def plot(rows: list[dict[str, Any]], device: torch.device, name: str) -> None:
     sizes = sorted({r["num_envs"] for r in rows})
     levers = list(LEVERS)
     for row_axes, (title, group) in zip(axes, panels):
+        first_seed = min((r["seed"] for r in group), default=0)
         for ax, x, label in zip(row_axes, ("grad_steps", "env_steps", "wall_s"),
                                 ("gradient steps", "env steps", "wall-clock (s)")):
             for r in group:
@@ -242,7 +244,7 @@ def plot(rows: list[dict[str, Any]], device: torch.device, name: str) -> None:
                 ax.plot([p[x] for p in r["curve"]], [p["return"] for p in r["curve"]],
                         color=color, ls="-" if r["algo"] == "crossq" else "--",
                         lw=2 if r["part"] == "target" else 1, alpha=0.8,
-                        label=legend if r["seed"] == min(q["seed"] for q in group) else None)
+                        label=legend if r["seed"] == first_seed else None)
             ax.set_xlabel(label)
             ax.set_ylabel(f"{title} eval return")
             ax.grid(alpha=0.3)
