@@ -267,7 +267,7 @@ def rank_pid(launcher: int, rank: int) -> int:
 
 @pytest.mark.learning
 @pytest.mark.timeout(600)
-@pytest.mark.slow  # minutes on 2 cores; `make test-all` runs it
+@pytest.mark.slow
 def test_two_ranks_learn_pendulum(tmp_path):
     """2 ranks × 1 env, one update per vector step each: an update per 2 env steps on a 2×256 batch.
 

@@ -35,21 +35,21 @@ def test_crossq_learns_pendulum(tmp_path):
     assert best_eval(out) >= -250
 
 
-@pytest.mark.slow  # minutes on 2 cores; `make test-all` runs it
+@pytest.mark.slow
 def test_discrete_crossq_learns_cartpole(tmp_path):
     out = train(tmp_path, "--env", "gym:CartPole-v1", "--total-steps", "5000",
                 "--set", "agent.algorithm.training_start_step=1000")
     assert best_eval(out) >= 450
 
 
-@pytest.mark.slow  # minutes on 2 cores; `make test-all` runs it
+@pytest.mark.slow
 def test_sac_learns_pendulum(tmp_path):
     out = train(tmp_path, "--env", "gym:Pendulum-v1", "--algo", "sac", "--total-steps", "10000",
                 "--set", "agent.algorithm.training_start_step=1000")
     assert best_eval(out) >= -250
 
 
-@pytest.mark.slow  # minutes on 2 cores; `make test-all` runs it
+@pytest.mark.slow
 def test_crossq_with_prioritized_replay_learns_pendulum(tmp_path):
     out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "6000",
                 "--set", "agent.algorithm.training_start_step=1000",

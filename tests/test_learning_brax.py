@@ -27,7 +27,7 @@ BRAX_INVERTED_PENDULUM = [
 ]
 
 
-@pytest.mark.slow  # minutes on 2 cores; `make test-all` runs it
+@pytest.mark.slow
 def test_crossq_learns_brax_inverted_pendulum(tmp_path: Path, one_torch_thread: None) -> None:
     out = tmp_path / "run"
     assert learner.main([*BRAX_INVERTED_PENDULUM, "--seed", "0", "--out", str(out)]) == 0

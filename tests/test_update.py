@@ -145,7 +145,10 @@ def test_compiled_losses_draw_fresh_noise_every_call(fresh_dynamo: None) -> None
 
 
 def test_consecutive_compiled_steps_sample_new_batches(fresh_dynamo: None) -> None:
-    """The compiled-losses path samples outside its programs (the fused step's own test samples inside)."""
+    """The compiled-losses path samples outside its programs, where a wrapper of `sample` sees each call.
+
+    The fused step samples inside its program; tests/test_fused_step.py's fused == eager runs
+    (a new seed before each step) cover its batches."""
     update = small_update("run.compile=true", "run.fused_step=false")
     seen = []
     update.buffer.sample = lambda n, sample=update.buffer.sample: seen.append(sample(n)) or seen[-1]  # type: ignore[method-assign]
