@@ -51,6 +51,8 @@ TARGET = {"env": "halfcheetah", "num_envs": 128, "return": 9000.0, "max_batch": 
 LEVERS: dict[str, list[str]] = {
     "rule": [],
     "gamma_0.97": ["agent.algorithm.gamma=0.97"],
+    "gamma_0.95": ["agent.algorithm.gamma=0.95"],
+    "replay_ratio_64": ["agent.algorithm.training_iter=4"],  # 4 updates per vector step, not 2
     "policy_delay_1": ["agent.algorithm.policy_delay=1"],
     "brn_momentum_0.1": ["agent.critic_net.batch_renorm.momentum=0.1"],
     "critic_512": ["agent.critic_net.hidden=[512,512]"],
@@ -100,11 +102,11 @@ def command(spec: Spec) -> list[str]:
 
 def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly).
-    A run that finished before with the same command is read back, not run again."""
+    A run that went to its end before with the same command is read back, not run again."""
     out = RUNS_DIR / spec.name
     cmd = command(spec)
     marker = out / "run.json"
-    if finished(spec):
+    if finished(spec) and not json.loads(marker.read_text())["process"]["stopped_at_budget"]:
         print(f"reuse  {spec.name}", flush=True)
         process = json.loads(marker.read_text())["process"]
         return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}

@@ -58,17 +58,20 @@ MANY_ENVS: dict[str, Any] = {
 }
 
 
-def many_envs(num_envs: int, cuda: bool, env: str, total_steps: int | None = None) -> dict[str, Any]:
+def many_envs(num_envs: int, cuda: bool, env: str, total_steps: int | None = None,
+              iters: int | None = None, every: int | None = None) -> dict[str, Any]:
     """The overrides of the many-env regime for `num_envs` on this device (see MANY_ENVS).
 
-    `total_steps`, when the user gave it, fixes the run's length; the BRN warmup follows it.
+    `total_steps`, `iters` (training_iter) and `every` (training_frequency), when the user gave
+    them, fix the run's length and schedule; the BRN warmup follows the gradient steps they make.
     """
     if num_envs <= 1:
         return {}
     rule, device = MANY_ENVS, "cuda" if cuda else "cpu"
     batch = min(max(rule["batch_min"], rule["batch_per_env"] * num_envs), rule["batch_max"][device])
     per_vector_step = rule["replay_ratio"] * num_envs / batch
-    iters, every = (round(per_vector_step), 1) if per_vector_step >= 1 else (1, round(1 / per_vector_step))
+    rule_iters, rule_every = (round(per_vector_step), 1) if per_vector_step >= 1 else (1, round(1 / per_vector_step))
+    iters, every = iters or rule_iters, every or rule_every
     start = max(5000, rule["start_batches"] * batch)
     if total_steps is None:
         total_steps = start + rule["grad_steps"][device] * every // iters * num_envs
@@ -191,9 +194,12 @@ def build_config(preset: str, cuda_available: bool, config_file: str | None = No
         given = merge(base, explicit)
         run = explicit.get("run", {}) if isinstance(explicit.get("run"), dict) else {}
         total = None if run.get("total_steps") is None else _int(run["total_steps"], "run.total_steps")
+        algorithm = explicit.get("agent", {}).get("algorithm", {}) if isinstance(explicit.get("agent"), dict) else {}
+        iters, every = (None if algorithm.get(k) is None else _int(algorithm[k], f"agent.algorithm.{k}")
+                        for k in ("training_iter", "training_frequency"))
         cuda = cuda_available and given["run"]["device"] != "cpu"
         base = merge(base, many_envs(_int(given["env"]["num_envs"], "env.num_envs"), cuda,
-                                     str(given["env"]["name"]), total))
+                                     str(given["env"]["name"]), total, iters, every))
     return from_dict(merge(base, explicit)), chosen
 
 

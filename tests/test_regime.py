@@ -49,9 +49,14 @@ def test_4096_env_gpu_runs_take_large_batches_and_fit_a_24_gib_card() -> None:
         assert ReplayBuffer.nbytes(obs_dim, (act_dim,), cfg.agent.memory.max_size) <= 8 * 2**30
 
 
-def test_explicit_settings_win_and_the_warmup_follows_total_steps() -> None:
-    cfg = auto("halfcheetah", 128, False, **{"run.total_steps": 200_000, "agent.memory.batch_size": 512})
+@pytest.mark.parametrize("training_iter", [None, 4])
+def test_explicit_settings_win_and_the_warmup_follows_the_runs_gradient_steps(training_iter: int | None) -> None:
+    flags = {"run.total_steps": 200_000, "agent.memory.batch_size": 512}
+    if training_iter is not None:
+        flags["agent.algorithm.training_iter"] = training_iter
+    cfg = auto("halfcheetah", 128, False, **flags)
     assert cfg.run.total_steps == 200_000 and cfg.agent.memory.batch_size == 512
+    assert cfg.agent.algorithm.training_iter == (training_iter or 2)  # the rule's 2 at batch 2048
     grads = (200_000 - cfg.agent.algorithm.training_start_step) // 128 * cfg.agent.algorithm.training_iter
     assert cfg.agent.critic_net.batch_renorm.warmup_steps == int(MANY_ENVS["brn_warmup_share"] * grads)
 
