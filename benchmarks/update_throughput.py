@@ -216,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
                    help="baselines to run beside ours (default: those installed; --compare alone: none)")
     p.add_argument("--compare-batch", type=int, nargs="+", default=[256], help="batch sizes at which the baselines run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--results", default="update_throughput",
+                   help="name of the JSON/PNG under benchmarks/results/ (a partial sweep keeps the full one)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved blocks per variant (median reported)")
     p.add_argument("--block-s", type=float, default=0.4, help="target seconds per timed block")
     return p
@@ -254,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.max_cost is None or batch * width <= args.max_cost:
                 rows += sweep_point(width, batch, args, device)
                 print_table([r for r in rows if (r["width"], r["batch"]) == (width, batch)], COLUMNS)
-                write_json("update_throughput", device, rows, complete=False, **meta)  # a time limit keeps what ran
+                write_json(args.results, device, rows, complete=False, **meta)  # a time limit keeps what ran
     print("\nupdates/s (median of interleaved rounds); x_sb3, x_sbx: ours / the baseline at the same point")
     print_table(rows, COLUMNS)
-    path = write_json("update_throughput", device, rows, complete=True, **meta)
+    path = write_json(args.results, device, rows, complete=True, **meta)
     fig = plot(rows, f"update throughput — {device.type}, torch {torch.__version__}, {args.threads} threads")
-    print(f"wrote {path} and {save_png(fig, 'update_throughput', device)}")
+    print(f"wrote {path} and {save_png(fig, args.results, device)}")
 
 
 if __name__ == "__main__":
