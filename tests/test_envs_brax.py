@@ -230,3 +230,14 @@ def test_brax_import_noise_stays_out_of_the_terminal() -> None:
     output = done.stdout + done.stderr
     assert "a real warning" in done.stderr
     assert "Failed to import warp" not in output and "not actively being maintained" not in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ant_at_1024_envs_resets_and_steps_on_the_cpu() -> None:
+    """With XLA's asynchronous CPU dispatch this first reset never finished (every thread idle);
+    the adapter runs CPU programs synchronously. ~25 s, most of it compiling."""
+    env = make_env("ant", 1024, seed=0)
+    obs = env.reset()
+    next_obs, reward, *_ = env.step(torch.zeros(1024, env.act_dim))
+    assert obs.shape == next_obs.shape == (1024, 27) and torch.isfinite(reward).all()

@@ -54,6 +54,10 @@ def jax_module() -> Any:
 
     if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
         jax.config.update("jax_default_matmul_precision", "highest")
+    # XLA's CPU client, dispatching asynchronously, never finishes the first batched reset of
+    # ant at 1,024 envs (jax 0.10: every thread waits, the output never becomes ready); run CPU
+    # programs synchronously. GPU dispatch stays asynchronous.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     cache_dir = os.environ.get("CROSSQ_GPU_JAX_CACHE",
                                str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                                    / "crossq_gpu" / "jax"))
