@@ -106,9 +106,9 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     out = RUNS_DIR / spec.name
     cmd = command(spec)
     marker = out / "run.json"
-    if finished(spec) and not json.loads(marker.read_text())["process"]["stopped_at_budget"]:
+    process = json.loads(marker.read_text())["process"] if finished(spec) else None
+    if process is not None and not process["stopped_at_budget"]:
         print(f"reuse  {spec.name}", flush=True)
-        process = json.loads(marker.read_text())["process"]
         return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)

@@ -192,11 +192,8 @@ def build_config(preset: str, cuda_available: bool, config_file: str | None = No
     base = merge(to_dict(Config()), PRESETS[chosen])
     if preset == "auto":
         given = merge(base, explicit)
-        run = explicit.get("run", {}) if isinstance(explicit.get("run"), dict) else {}
-        total = None if run.get("total_steps") is None else _int(run["total_steps"], "run.total_steps")
-        algorithm = explicit.get("agent", {}).get("algorithm", {}) if isinstance(explicit.get("agent"), dict) else {}
-        iters, every = (None if algorithm.get(k) is None else _int(algorithm[k], f"agent.algorithm.{k}")
-                        for k in ("training_iter", "training_frequency"))
+        total, iters, every = (_given_int(explicit, path) for path in (
+            "run.total_steps", "agent.algorithm.training_iter", "agent.algorithm.training_frequency"))
         cuda = cuda_available and given["run"]["device"] != "cpu"
         base = merge(base, many_envs(_int(given["env"]["num_envs"], "env.num_envs"), cuda,
                                      str(given["env"]["name"]), total, iters, every))
@@ -205,3 +202,13 @@ def build_config(preset: str, cuda_available: bool, config_file: str | None = No
 
 def _int(value: Any, path: str) -> int:
     return coerce(int, value, path)
+
+
+def _given_int(tree: dict[str, Any], path: str) -> int | None:
+    """The int the user gave at `dotted.path` of `tree`, or None where they gave none."""
+    node: Any = tree
+    for key in path.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            return None
+        node = node[key]
+    return _int(node, path)

@@ -42,7 +42,8 @@ _NOT_TASKS = {"fast"}
 
 @cache
 def jax_module() -> Any:
-    """Import and configure JAX once: no pre-allocation, explicit precision, persistent cache.
+    """Import and configure JAX once: no pre-allocation, explicit precision, synchronous CPU
+    dispatch, persistent cache.
 
     XLA_PYTHON_CLIENT_PREALLOCATE must be set before JAX starts its GPU client, or JAX takes
     75 % of the GPU that torch also needs. Matmul precision "highest" (full float32: physics
