@@ -96,7 +96,7 @@ def synced_brn_rank(ranks: Ranks, compiled: bool, impl: str = "torch") -> list[d
     return out
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_synced_brn_equals_one_process_on_the_concatenated_batch(tmp_path, compiled):
     per_rank = spawn(synced_brn_rank, tmp_path, compiled)
     for i, case in enumerate(CASES):
@@ -203,6 +203,7 @@ def torchrun(*args: str, cwd: Path, nproc: int = WORLD, timeout: float = 300) ->
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_two_ranks_write_one_run_and_resume_exactly(tmp_path):
     """Rank 0 alone writes; N steps + resume to 2N with the same K == one 2N run."""
     common = [*SMALL, "--save-buffer", "--checkpoint-every", "100000"]

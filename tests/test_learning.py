@@ -29,6 +29,7 @@ def train(tmp_path: Path, *args: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_crossq_learns_pendulum(tmp_path):
     out = train(tmp_path, "--env", "gym:Pendulum-v1", "--total-steps", "6000",
                 "--set", "agent.algorithm.training_start_step=1000")
