@@ -42,8 +42,7 @@ _NOT_TASKS = {"fast"}
 
 @cache
 def jax_module() -> Any:
-    """Import and configure JAX once: no pre-allocation, explicit precision, synchronous CPU
-    dispatch, persistent cache.
+    """Import and configure JAX once: no pre-allocation, explicit precision, persistent cache.
 
     XLA_PYTHON_CLIENT_PREALLOCATE must be set before JAX starts its GPU client, or JAX takes
     75 % of the GPU that torch also needs. Matmul precision "highest" (full float32: physics
@@ -55,10 +54,6 @@ def jax_module() -> Any:
 
     if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
         jax.config.update("jax_default_matmul_precision", "highest")
-    # XLA's CPU client, dispatching asynchronously, never finishes the first batched reset of
-    # ant at 1,024 envs (jax 0.10: every thread waits, the output never becomes ready); run CPU
-    # programs synchronously. GPU dispatch stays asynchronous.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     cache_dir = os.environ.get("CROSSQ_GPU_JAX_CACHE",
                                str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                                    / "crossq_gpu" / "jax"))
@@ -86,6 +81,25 @@ def brax_envs() -> Any:
         if line.strip() and not line.startswith(_IMPORT_NOISE):
             print(line)
     return envs
+
+
+# XLA's CPU compiler hands some fusions to YNNPACK (jaxlib 0.10). The batched reset of ant at
+# 512 envs or more then never finishes: every XLA thread waits for work and the caller waits for
+# a result that never comes. Compiling the env's programs without YNN fusions avoids it.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@cache
+def cpu_compiler_options() -> dict[str, str]:
+    """The options above where this jaxlib knows them; none where it does not (an unknown
+    compile option is an error, and older or newer XLA may not have this one)."""
+    jax = jax_module()
+    try:
+        x = jax.device_put(np.float32(0), jax.devices("cpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS)(x)
+    except jax.errors.JaxRuntimeError:
+        return {}
+    return dict(_CPU_COMPILER_OPTIONS)
 
 
 def brax_env_names() -> list[str]:
@@ -172,8 +186,9 @@ class JaxVecEnv:
         self._carry: Carry | None = None
         self._pending: tuple[jax.Array, ...] | None = None
         self._action: torch.Tensor | None = None
-        self._reset = jax.jit(_batched_reset(env, num_envs))
-        self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range))
+        options = cpu_compiler_options() if self.jax_device.platform == "cpu" else {}
+        self._reset = jax.jit(_batched_reset(env, num_envs), compiler_options=options)
+        self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range), compiler_options=options)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """PRNGKey(seed) split once per env: the same seed gives the same trajectories."""
