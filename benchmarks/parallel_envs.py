@@ -57,6 +57,7 @@ LEVERS: dict[str, list[str]] = {
     "brn_momentum_0.1": ["agent.critic_net.batch_renorm.momentum=0.1"],
     "critic_512": ["agent.critic_net.hidden=[512,512]"],
     "alpha0_1": ["agent.algorithm.alpha_init=1.0"],
+    "overlap": ["run.overlap=true"],  # the env steps while the updates run; they miss its transitions
 }
 
 

@@ -368,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=None, help="runs at once (default: 2 on cpu, 1 on gpu)")
     p.add_argument("--fresh", action="store_true", help="rerun runs that already finished")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--results", default="time_to_return",
+                   help="name of the JSON/PNGs under benchmarks/results/ (so a subset run apart keeps the suite's)")
     return p.parse_args(argv)
 
 
@@ -428,9 +430,9 @@ def report(tasks: list[Task], variants: list[str], jobs: list[Job], failed: dict
             "tasks": [asdict(t) for t in tasks], **machine, "failed_runs": sorted(failed), "code_digests": digests,
             "claim": "CrossQ reaches SAC's return 2-7x sooner in wall-clock with similar final return",
             "summary": summary}
-    path = write_json("time_to_return", dev, runs, **meta)
-    save_png(plot_curves(tasks, runs, present), "time_to_return", dev)
-    save_png(plot_bars(tasks, summary, runs, present), "time_to_return_bars", dev)
+    path = write_json(args.results, dev, runs, **meta)
+    save_png(plot_curves(tasks, runs, present), args.results, dev)
+    save_png(plot_bars(tasks, summary, runs, present), f"{args.results}_bars", dev)
     print_summary(summary)
     load_before, load_after = machine["loadavg_before"], machine["loadavg_after"]
     print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {machine['cpu_count']} cores")
