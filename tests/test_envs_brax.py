@@ -237,8 +237,8 @@ def test_brax_import_noise_stays_out_of_the_terminal() -> None:
 def test_ant_at_1024_envs_resets_and_steps_on_the_cpu() -> None:
     """With YNNPACK fusions (jaxlib 0.10's default) this first reset never finished (every XLA
     thread idle); the adapter compiles the env's CPU programs without them. ~35 s, most of it
-    compiling. Without them it still hung once in seven tries: a failure here by timeout is
-    that hang, not slowness."""
+    compiling. Without them it still hung in 4 of 13 tries: a failure here by timeout is that
+    hang, not slowness."""
     env = make_env("ant", 1024, seed=0)
     obs = env.reset()
     next_obs, reward, *_ = env.step(torch.zeros(1024, env.act_dim))
