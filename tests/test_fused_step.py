@@ -5,7 +5,6 @@ variants (critic only, actor step); these add prioritized replay, discrete actio
 each with the actor step on every call (policy_delay 1), so each case compiles one program.
 """
 
-
 import pytest
 import torch
 
@@ -96,6 +95,7 @@ def test_fused_step_under_bf16_autocast_trains_like_the_eager_one(fresh_dynamo: 
     for want, got in metrics:
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=2e-2, atol=2e-3, msg=key)
+
     def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.dot(a, b) / (a.norm() * b.norm()))
 

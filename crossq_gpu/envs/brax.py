@@ -85,8 +85,8 @@ def brax_envs() -> Any:
 
 # XLA's CPU compiler hands some fusions to YNNPACK (jaxlib 0.10). The batched reset of ant at
 # 512 envs or more then never finishes: every XLA thread waits for work and the caller waits for
-# a result that never comes. Compiling the env's programs without YNN fusions makes it rare
-# (4 of 13 such resets still hung here; all 6 tries hung with them).
+# a result that never comes. Compiling the env's programs without YNN fusions makes it less
+# frequent, not impossible (4 of 13 such resets still hung here; all 6 tries hung with them).
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
