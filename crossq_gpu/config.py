@@ -142,6 +142,11 @@ class CriticNetConfig:
     """post_activation: Linear → act → BRN (paper). pre_activation: Linear → BRN → act."""
     input_brn: bool = True
     """BRN on the critic input (paper). Ignored by SAC, whose critics have no BRN."""
+    weight_norm: bool = False
+    """CrossQ+WN: after each critic step, project every hidden unit's incoming weights and bias
+    back to their initial expected norm. The BRN after each layer makes the output blind to that
+    norm, so Adam's steps keep their relative size instead of shrinking as the weights grow.
+    Needs ReLU or pre_activation (else the projection changes the function); ignored by SAC."""
     batch_renorm: BatchRenormConfig = field(default_factory=BatchRenormConfig)
     """BRN settings of the critics (CrossQ), and of the actor when net.batch_renorm is on."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -299,6 +304,10 @@ def validate(cfg: Config) -> None:
          "agent.critic_net.batch_renorm.momentum must be in (0, 1] (0 freezes the statistics)"),
         (cfg.agent.critic_net.batch_renorm.r_max >= 1.0, "agent.critic_net.batch_renorm.r_max must be >= 1"),
         (cfg.agent.critic_net.batch_renorm.d_max >= 0.0, "agent.critic_net.batch_renorm.d_max must be >= 0"),
+        (not cfg.agent.critic_net.weight_norm or cfg.agent.critic_net.activation == "relu"
+         or cfg.agent.critic_net.brn_order == "pre_activation",
+         "agent.critic_net.weight_norm needs activation relu or brn_order pre_activation: only then is "
+         "each layer's output blind to its weights' norm"),
         (cfg.run.total_steps >= 1, "run.total_steps must be >= 1"),
         (cfg.run.log_every >= 1, "run.log_every must be >= 1"),
         (cfg.run.eval_every >= 0, "run.eval_every must be >= 0"),

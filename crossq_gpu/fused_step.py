@@ -4,12 +4,12 @@
 compiled losses around eager backward passes and optimizer calls. The program does what
 `Update._step` does, in the same order: sample, critic loss, its gradient (`torch.autograd.grad`,
 traced into the program), the gradient mean over data-parallel ranks, the critic's Adam step,
-the priority update, SAC's Polyak step and, on policy steps, the actor and α losses, their
-gradient and their Adam steps. One `torch.compile(fullgraph=True)` program per variant (with
-or without the actor step) replaces ~10 Python-level calls into the dispatcher, the autograd
-engine and three optimizers, and lets Inductor fuse across what were their boundaries (the
-backward's last kernels with Adam's, the BRN statistics with the loss). On CUDA, capturing
-this program as a CUDA graph captures its fused kernels.
+its weight normalisation (CrossQ+WN), the priority update, SAC's Polyak step and, on policy
+steps, the actor and α losses, their gradient and their Adam steps. One
+`torch.compile(fullgraph=True)` program per variant (with or without the actor step) replaces
+~10 Python-level calls into the dispatcher, the autograd engine and three optimizers, and lets
+Inductor fuse across what were their boundaries (the backward's last kernels with Adam's, the
+BRN statistics with the loss). On CUDA, capturing this program as a CUDA graph captures its fused kernels.
 
 The Adam step is `adam_`, a functional Adam on the optimizers' own state tensors (so
 checkpoints, `Update.state_tensors` and the eager path all see one state). Sampling runs
@@ -87,6 +87,8 @@ class FusedStep:
             loss, td_abs, metrics = u.critic_losses(batch)
         grads = u.ranks.mean_over_ranks(torch.autograd.grad(loss, u.critic_params))
         adam_(u.critic_opt, u.critic_params, grads)
+        if u.weight_norm:
+            u.agent.critic.mlp.project_weights_()
         if u.prioritized:
             u.buffer.update_priorities(batch.indices, td_abs)
         if u.polyak_pairs is not None:

@@ -20,6 +20,10 @@ from crossq_gpu.config import ActorNetConfig, BatchRenormConfig, Config, CriticN
 from crossq_gpu.kernels import BatchRenorm1d, BrnParams
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu}
+# The expected norm of a hidden unit's incoming weights at initialisation, uniform in ±1/√in:
+# E|w|² = in · (1/in) / 3. Weight normalisation keeps them there, so Adam's first steps move
+# the network as they would without it.
+INIT_NORM = 1 / math.sqrt(3)
 
 
 class StackedLinear(nn.Module):
@@ -82,6 +86,21 @@ class EnsembleMLP(nn.Module):
             else:
                 x = act(self.norms[i](x, training=training))
         return self.head(x)
+
+    @torch.no_grad()
+    def project_weights_(self) -> None:
+        """Weight normalisation by projection (CrossQ+WN): each hidden unit's incoming weights and
+        bias, as one vector, back onto the sphere of radius INIT_NORM, and the running statistics
+        of the BRN after it by the same factor. A BRN follows every hidden layer (through a ReLU
+        or directly), so this leaves the network's output as it was, in train and eval mode, up
+        to BRN's eps; only the size of the next optimizer steps relative to the weights changes."""
+        for linear, norm in zip(self.linears, self.norms):
+            scale = INIT_NORM / torch.sqrt(linear.weight.square().sum(1, keepdim=True) + linear.bias.square())
+            linear.weight.mul_(scale)
+            linear.bias.mul_(scale)
+            scale = scale.view(norm.running_mean.shape)
+            norm.running_mean.mul_(scale)
+            norm.running_var.mul_(scale.square())
 
 
 def _brn(features: int, n: int, cfg: BatchRenormConfig, relu: str) -> BatchRenorm1d:

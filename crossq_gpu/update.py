@@ -81,6 +81,7 @@ class Update:
         self.batch_size = cfg.agent.memory.batch_size
         self.target_entropy = _target_entropy(alg.target_entropy, agent)
         self.prioritized = isinstance(buffer, PrioritizedReplay)
+        self.weight_norm = self.crossq and cfg.agent.critic_net.weight_norm
         self.critic_params = list(agent.critic.parameters())
         self.actor_params = list(agent.actor.parameters()) + [agent.log_alpha]
         self._graphed = cfg.run.cuda_graphs and device.type == "cuda"
@@ -159,6 +160,8 @@ class Update:
         loss.backward()
         self.ranks.average_gradients_(self.critic_params)
         self.critic_opt.step()
+        if self.weight_norm:
+            self.agent.critic.mlp.project_weights_()
         if self.prioritized:
             self.buffer.update_priorities(batch.indices, td_abs)
         if self.polyak_pairs is not None:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossq_gpu.networks import StackedLinear, build_agent, gumbel_max_sample
+from crossq_gpu.networks import INIT_NORM, StackedLinear, build_agent, gumbel_max_sample
 from tests.factories import ACT, OBS, B, small_config
 
 
@@ -55,6 +55,43 @@ def test_crossq_critic_member_equals_an_independent_batchnorm_mlp(activation, br
     x = torch.randn(B, OBS + ACT) * 2 + 0.5
     ours = critic(x[:, :OBS], x[:, OBS:], training=True)[j]
     assert torch.allclose(ours, reference(x).squeeze(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("brn_order", ["post_activation", "pre_activation"])
+def test_weight_projection_keeps_the_critics_output_in_train_and_eval_mode(brn_order: str) -> None:
+    """Weights of mixed sizes and renormalising BRN layers with moved running statistics: after
+    the projection every hidden unit's (weights, bias) has norm INIT_NORM, and Q in train mode
+    (r, d from the running statistics) and in eval mode is what it was. BRN's eps is the one
+    term that does not scale with a unit's weights; it is set near 0 here to show the rest exact."""
+    torch.manual_seed(0)
+    cfg = small_config("agent.critic_net.batch_renorm.warmup_steps=0", f"agent.critic_net.brn_order={brn_order}",
+                       "agent.critic_net.batch_renorm.momentum=0.5", "agent.critic_net.weight_norm=true",
+                       "agent.critic_net.batch_renorm.eps=1e-9")
+    critic = build_agent(cfg, OBS, ACT, None).critic
+    mlp = critic.mlp
+    with torch.no_grad():
+        for linear in mlp.linears:
+            scale = torch.rand(linear.weight.shape[0], 1, linear.weight.shape[-1]) * 20 + 0.1
+            linear.weight.mul_(scale)
+            linear.bias.mul_(scale)
+    obs, act = torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1
+    for _ in range(3):  # running statistics away from their initial (0, 1), in each unit's own scale
+        critic(obs * 2 + 1, act, training=True)
+    state = {k: v.clone() for k, v in critic.state_dict().items()}
+    want = []
+    for mode in (True, False):  # a train-mode call moves the running statistics: each call from `state`
+        critic.load_state_dict(state)
+        want.append(critic(obs, act, training=mode))
+    critic.load_state_dict(state)
+    mlp.project_weights_()
+    for linear in mlp.linears:
+        norms = torch.sqrt(linear.weight.square().sum(1) + linear.bias.square().squeeze(1))
+        torch.testing.assert_close(norms, torch.full_like(norms, INIT_NORM))
+    projected = {k: v.clone() for k, v in critic.state_dict().items()}
+    for mode, q in zip((True, False), want):
+        critic.load_state_dict(projected)
+        torch.testing.assert_close(critic(obs, act, training=mode), q, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(projected["mlp.linears.0.weight"], state["mlp.linears.0.weight"])
 
 
 CHI2_999_DF4 = 18.47  # 99.9 % quantile of chi-square with 4 degrees of freedom: a 1-in-1000 false alarm
