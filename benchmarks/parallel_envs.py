@@ -61,7 +61,6 @@ LEVERS: dict[str, list[str]] = {
     "lr_3e-3": ["agent.critic_net.optim.lr=0.003", "agent.net.optim.lr=0.003"],  # Adam's step for actor and critics
     "batch_4096": ["agent.memory.batch_size=4096"],  # 2 updates per vector step as in the rule: replay ratio 64
     "weight_norm": ["agent.critic_net.weight_norm=true"],  # CrossQ+WN
-    "brn_warmup_0.5": ["agent.critic_net.batch_renorm.warmup_steps=1500"],  # half of a 3,000-step lever run
 }
 
 
