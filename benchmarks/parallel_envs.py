@@ -52,14 +52,14 @@ LEVERS: dict[str, list[str]] = {
     "rule": [],
     "gamma_0.97": ["agent.algorithm.gamma=0.97"],
     "gamma_0.95": ["agent.algorithm.gamma=0.95"],
-    "replay_ratio_64": ["agent.algorithm.training_iter=4"],  # 4 updates per vector step, not 2
+    "replay_ratio_64": ["agent.algorithm.training_iter=4"],  # 4 updates per vector step (64 at batch 2,048)
     "policy_delay_1": ["agent.algorithm.policy_delay=1"],
     "brn_momentum_0.1": ["agent.critic_net.batch_renorm.momentum=0.1"],
     "critic_512": ["agent.critic_net.hidden=[512,512]"],
     "alpha0_1": ["agent.algorithm.alpha_init=1.0"],
     "overlap": ["run.overlap=true"],  # the env steps while the updates run; they miss its transitions
     "lr_3e-3": ["agent.critic_net.optim.lr=0.003", "agent.net.optim.lr=0.003"],  # Adam's step for actor and critics
-    "batch_4096": ["agent.memory.batch_size=4096"],  # 2 updates per vector step as in the rule: replay ratio 64
+    "batch_8192": ["agent.memory.batch_size=8192"],  # the rule's 2 updates per vector step: replay ratio 128
     "weight_norm": ["agent.critic_net.weight_norm=true"],  # CrossQ+WN
 }
 
