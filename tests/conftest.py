@@ -1,7 +1,8 @@
 """Test set-up that must happen before any kernel module is imported.
 
 TRITON_INTERPRET=1 has to be in the environment before `@triton.jit` decorates the
-kernels, so that the Triton path runs on CPU tensors.
+kernels, so that the Triton path runs on CPU tensors. The Brax adapter's CPU XLA flags have
+to be in it before a test module starts JAX.
 """
 
 import os
@@ -13,6 +14,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
 import torch
+
+from crossq_gpu.envs.brax import set_cpu_xla_flags
+
+set_cpu_xla_flags()
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -4,6 +4,7 @@ One small env (inverted_pendulum, generalized) is shared by most tests so that J
 it once per session; the persistent compile cache makes later sessions faster still.
 """
 
+import os
 import warnings
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("brax")
+
+from jax._src import xla_bridge  # noqa: E402
 
 from crossq_gpu.envs import UnknownEnvError, VecEnv, make_env  # noqa: E402
 from crossq_gpu.envs import brax as brax_adapter  # noqa: E402
@@ -235,25 +238,33 @@ def test_brax_import_noise_stays_out_of_the_terminal() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ant_at_1024_envs_resets_and_steps_on_the_cpu() -> None:
-    """With YNNPACK fusions (jaxlib 0.10's default) this first reset never finished (every XLA
-    thread idle); the adapter compiles the env's CPU programs without them. ~35 s, most of it
-    compiling. Without them it still hung in 4 of 13 tries: a failure here by timeout is that
-    hang, not slowness."""
+    """With jaxlib 0.10's default CPU flags this first reset hung (every XLA thread idle), in
+    every try with YNNPACK fusions and in 4 of 13 without; the adapter's CPU_XLA_FLAGS (set by
+    conftest before JAX starts, as the learner sets them) avoided it in 13 of 13. ~35 s, most
+    of it compiling: a failure here by timeout is that hang, not slowness."""
     env = make_env("ant", 1024, seed=0)
     obs = env.reset()
     next_obs, reward, *_ = env.step(torch.zeros(1024, env.act_dim))
     assert obs.shape == next_obs.shape == (1024, 27) and torch.isfinite(reward).all()
 
 
-def test_cpu_compiler_options_are_dropped_where_xla_does_not_know_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The jaxlib that constraints.txt pins takes the YNN option (so the reset above runs); one
-    that XLA does not know is left out, not an error at every compile."""
-    brax_adapter.cpu_compiler_options.cache_clear()
-    if jax.__version__ == "0.10.2":
-        assert brax_adapter.cpu_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    monkeypatch.setattr(brax_adapter, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
-    brax_adapter.cpu_compiler_options.cache_clear()
-    try:
-        assert brax_adapter.cpu_compiler_options() == {}
-    finally:
-        brax_adapter.cpu_compiler_options.cache_clear()
+def test_cpu_xla_flags_are_added_once_before_jax_starts_and_not_for_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process started JAX with them (conftest); a user's own setting of one is kept; with a
+    GPU plugin they stay out; once JAX has started they are not added but warned about."""
+    for flag in brax_adapter.CPU_XLA_FLAGS:
+        assert flag in os.environ["XLA_FLAGS"].split()
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true --xla_dump_to=/tmp/x")
+    brax_adapter.set_cpu_xla_flags()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_enable_concurrency_optimized_scheduler=true",
+                                               "--xla_dump_to=/tmp/x", "--xla_cpu_experimental_ynn_fusion_type="]
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAX_PLATFORMS", "")
+    monkeypatch.setattr(brax_adapter, "jax_has_gpu_plugin", lambda: True)
+    brax_adapter.set_cpu_xla_flags()
+    assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setattr(brax_adapter, "jax_has_gpu_plugin", lambda: False)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+    with pytest.warns(RuntimeWarning, match="JAX started before"):
+        brax_adapter.set_cpu_xla_flags()
+    assert os.environ["XLA_FLAGS"] == ""

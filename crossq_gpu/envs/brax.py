@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pkgutil
+import sys
 import warnings
 from functools import cache
 from pathlib import Path
@@ -40,15 +42,58 @@ DEFAULT_EPISODE_LENGTH = 1000
 _NOT_TASKS = {"fast"}
 
 
+# XLA's CPU runtime in jaxlib 0.10 can hang in the first batched reset of a large env (ant at
+# 512 envs or more): every XLA thread waits for work and the caller for a result that never
+# comes. With YNNPACK fusions (the default) 6 of 6 tries hung; with them off, 4 of 13; with them
+# and the concurrency-optimised scheduler off, none of 13. XLA reads
+# these flags from XLA_FLAGS when JAX starts its first backend, so they are set before that.
+# Both are known to every jaxlib that pyproject allows (0.10.2 up to 0.13, where XLA aborts on an
+# unknown flag: check them before raising that cap).
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",
+                 "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def jax_has_gpu_plugin() -> bool:
+    """Whether a JAX CUDA or ROCm plugin is installed, found without starting JAX."""
+    try:
+        import jax_plugins
+    except ImportError:
+        return False
+    return any(m.name.startswith(("xla_cuda", "xla_rocm")) for m in pkgutil.iter_modules(jax_plugins.__path__))
+
+
+def set_cpu_xla_flags() -> None:
+    """Add CPU_XLA_FLAGS to XLA_FLAGS where JAX will step the envs on the CPU (JAX_PLATFORMS=cpu,
+    or no GPU plugin) and has not started a backend yet; a flag the user set is left as it is.
+    If JAX started before, the flags cannot take effect any more: say so once."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() != "cpu" and jax_has_gpu_plugin():
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+    if not missing:
+        return
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            warnings.warn("JAX started before crossq_gpu could set XLA_FLAGS: a batched reset of a large env "
+                          "on the CPU may hang. Start the process with XLA_FLAGS='" + " ".join(CPU_XLA_FLAGS)
+                          + "' to avoid it.", RuntimeWarning, stacklevel=3)
+            return
+    os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
 @cache
 def jax_module() -> Any:
-    """Import and configure JAX once: no pre-allocation, explicit precision, persistent cache.
+    """Import and configure JAX once: CPU flags, no pre-allocation, explicit precision, persistent cache.
 
-    XLA_PYTHON_CLIENT_PREALLOCATE must be set before JAX starts its GPU client, or JAX takes
-    75 % of the GPU that torch also needs. Matmul precision "highest" (full float32: physics
-    under TF32 drifts) unless JAX_DEFAULT_MATMUL_PRECISION says otherwise. The compile cache
-    lives in $CROSSQ_GPU_JAX_CACHE (empty string: off), default ~/.cache/crossq_gpu/jax.
+    The CPU flags (CPU_XLA_FLAGS) and XLA_PYTHON_CLIENT_PREALLOCATE must be set before JAX
+    starts a backend; without the latter JAX takes 75 % of the GPU that torch also needs.
+    Matmul precision "highest" (full float32: physics under TF32 drifts) unless
+    JAX_DEFAULT_MATMUL_PRECISION says otherwise. The compile cache lives in
+    $CROSSQ_GPU_JAX_CACHE (empty string: off), default ~/.cache/crossq_gpu/jax.
     """
+    set_cpu_xla_flags()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
@@ -81,26 +126,6 @@ def brax_envs() -> Any:
         if line.strip() and not line.startswith(_IMPORT_NOISE):
             print(line)
     return envs
-
-
-# XLA's CPU compiler hands some fusions to YNNPACK (jaxlib 0.10). The batched reset of ant at
-# 512 envs or more then never finishes: every XLA thread waits for work and the caller waits for
-# a result that never comes. Compiling the env's programs without YNN fusions makes it less
-# frequent, not impossible (4 of 13 such resets still hung here; all 6 tries hung with them).
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-@cache
-def cpu_compiler_options() -> dict[str, str]:
-    """The options above where this jaxlib knows them; none where it does not (an unknown
-    compile option is an error, and older or newer XLA may not have this one)."""
-    jax = jax_module()
-    try:
-        x = jax.device_put(np.float32(0), jax.devices("cpu")[0])
-        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS)(x)
-    except jax.errors.JaxRuntimeError:
-        return {}
-    return dict(_CPU_COMPILER_OPTIONS)
 
 
 def brax_env_names() -> list[str]:
@@ -187,9 +212,8 @@ class JaxVecEnv:
         self._carry: Carry | None = None
         self._pending: tuple[jax.Array, ...] | None = None
         self._action: torch.Tensor | None = None
-        options = cpu_compiler_options() if self.jax_device.platform == "cpu" else {}
-        self._reset = jax.jit(_batched_reset(env, num_envs), compiler_options=options)
-        self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range), compiler_options=options)
+        self._reset = jax.jit(_batched_reset(env, num_envs))
+        self._step = jax.jit(_batched_step(env, num_envs, episode_length, ctrl_range))
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """PRNGKey(seed) split once per env: the same seed gives the same trajectories."""
