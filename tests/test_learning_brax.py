@@ -35,9 +35,9 @@ def test_crossq_learns_brax_inverted_pendulum(tmp_path: Path, one_torch_thread: 
     assert max(returns) >= 900, f"eval returns {returns}"
 
 
-# 64 envs under the auto regime (batch 2048, 2 updates per vector step, 8,192 random env
-# steps first, BRN warmup 10 % of the run, α₀ 0.1), with 128-wide critics so that CI's 2
-# cores get through ~540 gradient steps in about a minute. Random actions score ~18; the bar is a policy that balances.
+# 64 envs under the auto regime (batch 1024, 2 updates per vector step, BRN warmup 10 % of
+# the run, α₀ 0.1), with 128-wide critics so that CI's 2 cores get through ~600 gradient
+# steps in about a minute. Random actions score ~18; the bar is a policy that balances.
 BRAX_64_ENVS = [
     "--env", "inverted_pendulum", "--num-envs", "64", "--preset", "auto", "--device", "cpu",
     "--total-steps", "25600", "--eval-every", "5120", "--eval-episodes", "5", "--log-every", "5120",
