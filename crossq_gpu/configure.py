@@ -42,13 +42,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # step follow from the replay ratio. One env keeps the base preset (one update per step).
 # Measured with benchmarks/parallel_envs.py; docs/regime.md has the results.
 MANY_ENVS: dict[str, Any] = {
-    # Batch 32 per env and 2 updates per vector step: on halfcheetah at 128 envs, batch 4,096
-    # reached 6,252-7,187 by 3,000 gradient steps where 2,048 at the same 2 updates (replay
-    # ratio 32) reached 4,766-5,195, and 2,048 at 4 updates (ratio 64) 5,294 (docs/regime.md).
-    "replay_ratio": 64,
-    "batch_per_env": 32,
+    "replay_ratio": 32,
+    "batch_per_env": 16,
     "batch_min": 256,
-    "batch_max": {"cpu": 4096, "cuda": 16_384},
+    "batch_max": {"cpu": 2048, "cuda": 16_384},
     "grad_steps": {"cpu": 10_000, "cuda": 100_000},
     "brn_warmup_share": 0.1,
     "alpha_init": 0.1,
