@@ -59,7 +59,7 @@ LEVERS: dict[str, list[str]] = {
     "alpha0_1": ["agent.algorithm.alpha_init=1.0"],
     "overlap": ["run.overlap=true"],  # the env steps while the updates run; they miss its transitions
     "lr_3e-3": ["agent.critic_net.optim.lr=0.003", "agent.net.optim.lr=0.003"],  # Adam's step for actor and critics
-    "batch_8192": ["agent.memory.batch_size=8192"],  # the rule's 2 updates per vector step: replay ratio 128
+    "batch_4096": ["agent.memory.batch_size=4096"],  # the rule's 2 updates per vector step: replay ratio 64
     "weight_norm": ["agent.critic_net.weight_norm=true"],  # CrossQ+WN
 }
 
