@@ -45,7 +45,7 @@ _NOT_TASKS = {"fast"}
 # XLA's CPU runtime in jaxlib 0.10 can hang in the first batched reset of a large env (ant at
 # 512 envs or more): every XLA thread waits for work and the caller for a result that never
 # comes. With YNNPACK fusions (the default) 6 of 6 tries hung; with them off, 4 of 13; with them
-# and the concurrency-optimised scheduler off, none of 13. XLA reads
+# and the concurrency-optimised scheduler off in XLA_FLAGS, none of 21. XLA reads
 # these flags from XLA_FLAGS when JAX starts its first backend, so they are set before that.
 # Both are known to every jaxlib that pyproject allows (0.10.2 up to 0.13, where XLA aborts on an
 # unknown flag: check them before raising that cap).
