@@ -36,11 +36,15 @@ def test_crossq_learns_brax_inverted_pendulum(tmp_path: Path, one_torch_thread: 
 
 
 # 64 envs under the auto regime (batch 1024, 2 updates per vector step, BRN warmup 10 % of
-# the run, α₀ 0.1), with 128-wide critics so that CI's 2 cores get through ~600 gradient
-# steps in about a minute. Random actions score ~18; the bar is a policy that balances.
+# the run, α₀ 0.1), with 128-wide critics so that CI's 2 cores get through ~1,400 gradient
+# steps in about 1.5 minutes. Random actions score ~18; the bar is a policy that balances for
+# half an episode. Seeds 0-3 reached 1,000 by 35k-40k env steps (51-64 s of training) on an
+# Intel Xeon. The run's outcome moves with the CPU (a shorter run of 25,600 steps passed a bar
+# of 150 on one CI machine and peaked at 104 on another), so the bar sits two or three
+# evaluations inside the run.
 BRAX_64_ENVS = [
     "--env", "inverted_pendulum", "--num-envs", "64", "--preset", "auto", "--device", "cpu",
-    "--total-steps", "25600", "--eval-every", "5120", "--eval-episodes", "5", "--log-every", "5120",
+    "--total-steps", "51200", "--eval-every", "5120", "--eval-episodes", "5", "--log-every", "5120",
     "--checkpoint-every", "0", "--set", "agent.critic_net.hidden=[128, 128]", "--no-compile",
 ]
 
@@ -50,4 +54,4 @@ def test_crossq_learns_brax_inverted_pendulum_with_64_envs(tmp_path: Path, one_t
     out = tmp_path / "run"
     assert learner.main([*BRAX_64_ENVS, "--seed", "0", "--out", str(out)]) == 0
     returns = [r["return_mean"] for r in rows(out) if r["kind"] == "eval"]
-    assert max(returns) >= 150, f"eval returns {returns}"
+    assert max(returns) >= 500, f"eval returns {returns}"
