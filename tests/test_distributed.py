@@ -172,7 +172,7 @@ def update_rank(ranks: Ranks, discrete: bool, steps: int, compiled: bool = False
     return train(update, mine)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_discrete_update_equals_one_process_on_the_concatenated_batch(tmp_path, compiled):
     """Discrete CrossQ draws no noise, so 2 ranks × B must equal 1 eager process × 2B."""
     per_rank = spawn(update_rank, tmp_path, True, 4, compiled)

@@ -86,7 +86,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=120)
 
 
-@pytest.mark.parametrize("args, fragment", [
+BAD_INPUT = [
     (["--env", "gym:NoSuchEnv-v0"], "unknown environment"),
     (["--env", "no_such_env"], "unknown environment"),
     (["--num-envs", "0"], "num_envs"),
@@ -94,14 +94,31 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["--set", "agent.memory.bogus=1"], "agent.memory.bogus"),
     (["--algo", "ppo"], "invalid choice"),
     (["--total-steps", "ten"], "invalid int value"),
-])
-def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
+]
+
+
+def assert_one_clear_line(code: int, stderr: str, fragment: str, out_root: Path) -> None:
+    assert code != 0
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], stderr
+    assert not list(out_root.rglob("checkpoint.pt*"))
+
+
+def test_bad_input_on_the_command_line_is_one_clear_line(tmp_path):
+    """The real `python -m` entry point, once (a process start costs ~5 s); the cases below run in-process."""
+    args, fragment = BAD_INPUT[0]
     result = cli(*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert not list(tmp_path.rglob("checkpoint.pt*"))
+    assert_one_clear_line(result.returncode, result.stderr, fragment, tmp_path)
+
+
+@pytest.mark.parametrize("args, fragment", BAD_INPUT)
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, fragment):
+    try:
+        code = learner.main([*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert_one_clear_line(code, capsys.readouterr().err, fragment, tmp_path)
 
 
 def test_flags_take_their_help_and_choices_from_the_config_fields(capsys):
