@@ -180,7 +180,8 @@ def train_from_args(args: argparse.Namespace, config_tree: dict[str, Any] | None
                 default_task = configure.PRESETS["cpu"]["env"]["name"]
                 task = (f"; default task {default_task}, learns in a few minutes on 2 cores"
                         if cfg.env.name == default_task else "")
-                print(f"crossq_gpu: no CUDA device: using the cpu preset (critics 256x256{task})", flush=True)
+                critics = "x".join(map(str, cfg.agent.critic_net.hidden))
+                print(f"crossq_gpu: no CUDA device: using the cpu preset (critics {critics}{task})", flush=True)
         run = Run(cfg, out_dir, device, ranks, env_maker)
         if payload is not None:
             run.restore(payload)

@@ -29,9 +29,10 @@ def readme_metrics() -> list[tuple[str, str, str]]:
     return documented
 
 
-def test_outputs_and_metrics_rows(tmp_path):
+def test_outputs_and_metrics_rows(tmp_path, capsys):
     out = tmp_path / "run"
     assert learner.main([*SMALL, "--total-steps", "600", "--out", str(out)]) == 0
+    assert "using the cpu preset (critics 32x32;" in capsys.readouterr().out  # what --set chose, not the preset's
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["env"]["name"] == "gym:Pendulum-v1" and cfg["agent"]["critic_net"]["hidden"] == [32, 32]
     assert cfg["agent"]["algorithm"]["action_pdtype"] == "auto"  # the env decides; the saved config stays as given
