@@ -61,6 +61,7 @@ LEVERS: dict[str, list[str]] = {
     "lr_3e-3": ["agent.critic_net.optim.lr=0.003", "agent.net.optim.lr=0.003"],  # Adam's step for actor and critics
     "batch_4096": ["agent.memory.batch_size=4096"],  # the rule's 2 updates per vector step: replay ratio 64
     "weight_norm": ["agent.critic_net.weight_norm=true"],  # CrossQ+WN
+    "brn_warmup_0": ["agent.critic_net.batch_renorm.warmup_steps=0"],  # renormalise from the first step
 }
 
 
