@@ -98,6 +98,10 @@ BAD_INPUT = [
 ]
 
 
+def bad_run(tmp_path: Path, args: list[str]) -> list[str]:
+    return [*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args]
+
+
 def assert_one_clear_line(code: int, stderr: str, fragment: str, out_root: Path) -> None:
     assert code != 0
     assert "Traceback" not in stderr
@@ -109,14 +113,14 @@ def assert_one_clear_line(code: int, stderr: str, fragment: str, out_root: Path)
 def test_bad_input_on_the_command_line_is_one_clear_line(tmp_path):
     """The real `python -m` entry point, once (a process start costs ~5 s); the cases below run in-process."""
     args, fragment = BAD_INPUT[0]
-    result = cli(*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+    result = cli(*bad_run(tmp_path, args), cwd=tmp_path)
     assert_one_clear_line(result.returncode, result.stderr, fragment, tmp_path)
 
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUT)
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, fragment):
     try:
-        code = learner.main([*SMALL, "--total-steps", "100", "--out", str(tmp_path / "run"), *args])
+        code = learner.main(bad_run(tmp_path, args))
     except SystemExit as exc:  # argparse's own errors
         code = exc.code
     assert_one_clear_line(code, capsys.readouterr().err, fragment, tmp_path)
