@@ -26,6 +26,7 @@ from torch import Tensor
 
 from crossq_gpu import losses
 from crossq_gpu.buffer import Batch, ReplayBuffer
+from crossq_gpu.kernels.reference import gradients_traced_inline
 
 if TYPE_CHECKING:
     from crossq_gpu.update import Update
@@ -75,8 +76,9 @@ class FusedStep:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self._program(actor_step, batch)
         self._traced.add(variant)
-        # Tracing torch.autograd.grad is opt-in; only the trace needs the flag.
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
+        # Tracing torch.autograd.grad is opt-in; only the trace needs the flag. The gradients are
+        # then computed inside the program, so the BRN statistics need no protective copies.
+        with torch._dynamo.config.patch(trace_autograd_ops=True), gradients_traced_inline():
             return self._program(actor_step, batch)
 
     def _step(self, actor_step: bool, batch: Batch | None) -> Metrics:
