@@ -238,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     args.modes = args.modes or [mode for mode in MODES if cuda or mode != "graphed"]
     if "graphed" in args.modes and not cuda:
         p.error("--modes graphed needs CUDA")
+    points = [(w, b) for w in args.widths for b in args.batch_sizes
+              if args.max_cost is None or b * w <= args.max_cost]
+    if not points:
+        p.error(f"every point has batch × width above --max-cost {args.max_cost}; raise it")
     if args.compare is None:
         args.compare = [name for name in ("sb3-contrib", "sbx") if installed(name)]
 
@@ -251,12 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             "threads": args.threads, "rounds": args.rounds, "block_s": args.block_s, "modes": args.modes,
             "matmul_precision": torch.get_float32_matmul_precision(), "compare": versions}
     rows = []
-    for width in args.widths:
-        for batch in args.batch_sizes:
-            if args.max_cost is None or batch * width <= args.max_cost:
-                rows += sweep_point(width, batch, args, device)
-                print_table([r for r in rows if (r["width"], r["batch"]) == (width, batch)], COLUMNS)
-                write_json(args.results, device, rows, complete=False, **meta)  # a time limit keeps what ran
+    for width, batch in points:
+        rows += sweep_point(width, batch, args, device)
+        print_table([r for r in rows if (r["width"], r["batch"]) == (width, batch)], COLUMNS)
+        write_json(args.results, device, rows, complete=False, **meta)  # a time limit keeps what ran
     print("\nupdates/s (median of interleaved rounds); x_sb3, x_sbx: ours / the baseline at the same point")
     print_table(rows, COLUMNS)
     path = write_json(args.results, device, rows, complete=True, **meta)

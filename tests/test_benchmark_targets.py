@@ -1,7 +1,10 @@
-"""benchmarks.targets reads the results the way the targets are stated."""
+"""benchmarks.targets reads the results the way the targets are stated; a sweep that would time
+nothing is refused before it starts."""
 
 import json
 from pathlib import Path
+
+import pytest
 
 from benchmarks.targets import all_checks
 
@@ -65,3 +68,13 @@ def test_parallel_envs_compares_sizes_at_the_nearest_eval() -> None:
     assert "met: ant crossq at 1001 gradient steps, 1 envs 150 <= 16 envs 250 <= 256 envs 800" in targets(rows, [])
     rows[1]["curve"][-1]["return"] = 120.0
     assert any(v.startswith("missed: ant crossq") for v in targets(rows, []))
+
+
+def test_update_throughput_refuses_a_sweep_with_no_point_under_its_cost_cap(capsys) -> None:
+    """On a CPU the default cap is batch × width 256 × 2,048: batch 4,096 at width 256 is above it."""
+    from benchmarks import update_throughput
+
+    with pytest.raises(SystemExit) as exit_:
+        update_throughput.main(["--device", "cpu", "--widths", "256", "--batch-sizes", "4096", "--compare"])
+    assert exit_.value.code == 2
+    assert "above --max-cost 524288" in capsys.readouterr().err
