@@ -229,9 +229,6 @@ def main(argv: list[str] | None = None) -> None:
 
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    torch.set_num_threads(args.threads)
-    set_matmul_precision(device)
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # SBX beside torch on one GPU
     args.widths = args.widths or ([256, 512, 1024, 2048] if cuda else [256, 2048])
     args.batch_sizes = args.batch_sizes or ([256, 1024, 4096, 16384, 32768] if cuda else [256, 1024])
     args.max_cost = args.max_cost or (None if cuda else 256 * 2048)
@@ -242,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
               if args.max_cost is None or b * w <= args.max_cost]
     if not points:
         p.error(f"every point has batch × width above --max-cost {args.max_cost}; raise it")
+    torch.set_num_threads(args.threads)
+    set_matmul_precision(device)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # SBX beside torch on one GPU
     if args.compare is None:
         args.compare = [name for name in ("sb3-contrib", "sbx") if installed(name)]
 

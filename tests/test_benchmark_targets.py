@@ -73,10 +73,16 @@ def test_parallel_envs_compares_sizes_at_the_nearest_eval() -> None:
 
 
 def test_update_throughput_refuses_a_sweep_with_no_point_under_its_cost_cap(capsys) -> None:
-    """On a CPU the default cap is batch × width 256 × 2,048: batch 4,096 at width 256 is above it."""
+    """On a CPU the default cap is batch × width 256 × 2,048: batch 4,096 at width 256 is above it.
+    The refusal comes before the benchmark sets anything process-wide (torch's thread count)."""
+    import torch
+
     from benchmarks import update_throughput
 
+    threads = torch.get_num_threads()
     with pytest.raises(SystemExit) as exit_:
-        update_throughput.main(["--device", "cpu", "--widths", "256", "--batch-sizes", "4096", "--compare"])
+        update_throughput.main(["--device", "cpu", "--widths", "256", "--batch-sizes", "4096", "--compare",
+                                "--threads", str(threads + 1)])
     assert exit_.value.code == 2
     assert "above --max-cost 524288" in capsys.readouterr().err
+    assert torch.get_num_threads() == threads
