@@ -59,8 +59,9 @@ def read_stats(*tensors: Tensor) -> tuple[Tensor, ...]:
     input that the same graph mutates — from the already-mutated buffer (pytorch/pytorch
     PR #197039). A train-mode BRN call (r, d from the old stats) or an eval-mode call after
     one in the same compiled graph then gets silently wrong gradients. An opaque custom op
-    is never recomputed, so under compile every differentiable read goes through a copy;
-    eager reads the buffers directly. One op call per layer: each costs ~100 us on a CPU.
+    is never recomputed, so under compile every differentiable read goes through a copy
+    (except in a trace under `gradients_traced_inline`); eager reads the buffers directly.
+    One op call per layer: each costs ~100 us on a CPU.
     """
     if torch.compiler.is_compiling() and _copy_reads:
         return tuple(_stats_snapshot(list(tensors)))
