@@ -45,6 +45,9 @@ from crossq_gpu.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "parallel_envs"
 EVALS_PER_RUN = 10
+# A learner stuck inside XLA (a CPU reset that hangs sits at 0 % CPU) never reaches Python's
+# SIGTERM handler: this long after the budget's SIGTERM it is killed and its run recorded empty.
+KILL_GRACE_S = 60.0
 TARGET = {"env": "halfcheetah", "num_envs": 128, "return": 9000.0, "max_batch": 16_384, "max_drop": 0.2}
 # Changes to the auto regime tried on the target's env and size (`--levers`), as --set overrides;
 # "rule" is the plain rule, run beside them with the same seeds and length.
@@ -111,8 +114,9 @@ def command(spec: Spec) -> list[str]:
 
 
 def run(spec: Spec, budget_s: float) -> dict[str, Any]:
-    """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly).
-    A run that went to its end before with the same command is read back, not run again."""
+    """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly;
+    KILL_GRACE_S later, SIGKILL). A run that went to its end before with the same command is
+    read back, not run again."""
     out = RUNS_DIR / spec.name
     cmd = command(spec)
     marker = out / "run.json"
@@ -123,18 +127,27 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     print(f"start  {spec.name}", flush=True)
-    start, stopped = time.perf_counter(), False
+    start, stopped, killed = time.perf_counter(), False, False
     with open(out / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(spec.device), cwd=ROOT)
         while proc.poll() is None:
             time.sleep(1.0)
-            if not stopped and time.perf_counter() - start > budget_s:
+            waited = time.perf_counter() - start
+            if not stopped and waited > budget_s:
                 proc.send_signal(signal.SIGTERM)
                 stopped = True
+            elif stopped and waited > budget_s + KILL_GRACE_S:
+                proc.kill()
+                proc.wait()
+                killed = True
     elapsed = time.perf_counter() - start
-    if proc.returncode not in (0, 130, -signal.SIGTERM):
+    if killed:
+        print(f"killed {spec.name}: still running {KILL_GRACE_S:.0f} s after its budget's SIGTERM (hung?); "
+              f"see {out / 'stdout.log'}", flush=True)
+    elif proc.returncode not in (0, 130, -signal.SIGTERM):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {out / 'stdout.log'}")
-    print(f"done   {spec.name} in {elapsed:.0f} s{' (time budget)' if stopped else ''}", flush=True)
+    else:
+        print(f"done   {spec.name} in {elapsed:.0f} s{' (time budget)' if stopped else ''}", flush=True)
     process = {"process_s": round(elapsed, 1), "stopped_at_budget": stopped}
     marker.write_text(json.dumps({"cmd": cmd, "process": process}, indent=2))
     return {**asdict(spec), **curve(out / "metrics.jsonl"), **process, **summary_of(spec)}
@@ -152,8 +165,10 @@ def summary_of(spec: Spec) -> dict[str, Any]:
 
 def curve(metrics: Path) -> dict[str, Any]:
     """Eval returns with the env steps, gradient steps and wall-clock they came at, and the
-    mean train-row throughput after the first row (which holds the compiles)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    mean train-row throughput after the first row (which holds the compiles). A run stopped
+    before its first row (killed, or hung in its first reset) has no curve."""
+    text = metrics.read_text() if metrics.exists() else ""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     train = {r["env_steps"]: r for r in rows if r["kind"] == "train"}
     evals = [r for r in rows if r["kind"] == "eval"]
     points = [{"env_steps": e["env_steps"], "grad_steps": train[e["env_steps"]]["grad_steps"],

@@ -146,7 +146,7 @@ def child_env(device: str) -> dict[str, str]:
     env = dict(os.environ)
     if device == "cpu":
         env.update(OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+                   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
     return env
 
 

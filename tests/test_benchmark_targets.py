@@ -56,22 +56,6 @@ def test_targets_without_results_are_not_measured(tmp_path: Path) -> None:
     assert {c.status for c in all_checks(tmp_path)} == {"not measured"}
 
 
-def test_parallel_envs_compares_sizes_at_the_nearest_eval() -> None:
-    """Runs of ~1,000 gradient steps evaluate on grids a few percent apart: each size is read at
-    its eval nearest the common step count, not at the last one before it (a tenth of a run early)."""
-    from benchmarks.parallel_envs import targets
-
-    def row(n: int, curve: list[tuple[int, float]]) -> dict:
-        return {"part": "sweep", "env": "ant", "algo": "crossq", "num_envs": n,
-                "curve": [{"grad_steps": g, "return": r} for g, r in curve]}
-
-    rows = [row(1, [(901, 100.0), (1001, 150.0)]), row(16, [(852, 90.0), (1016, 250.0)]),
-            row(256, [(932, 300.0), (1036, 800.0)])]
-    assert "met: ant crossq at 1001 gradient steps, 1 envs 150 <= 16 envs 250 <= 256 envs 800" in targets(rows, [])
-    rows[1]["curve"][-1]["return"] = 120.0
-    assert any(v.startswith("missed: ant crossq") for v in targets(rows, []))
-
-
 def test_update_throughput_refuses_a_sweep_with_no_point_under_its_cost_cap(capsys) -> None:
     """On a CPU the default cap is batch × width 256 × 2,048: batch 4,096 at width 256 is above it.
     The refusal comes before the benchmark sets anything process-wide (torch's thread count)."""

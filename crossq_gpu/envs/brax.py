@@ -63,7 +63,7 @@ def jax_has_gpu_plugin() -> bool:
 
 
 def set_cpu_xla_flags() -> None:
-    """Add CPU_XLA_FLAGS to XLA_FLAGS where JAX will step the envs on the CPU (JAX_PLATFORMS=cpu,
+    """Put CPU_XLA_FLAGS at the front of XLA_FLAGS where JAX will step the envs on the CPU (JAX_PLATFORMS=cpu,
     or no GPU plugin) and has not started a backend yet; a flag the user set is left as it is.
     If JAX started before, the flags cannot take effect any more: say so once."""
     if os.environ.get("JAX_PLATFORMS", "").strip() != "cpu" and jax_has_gpu_plugin():
@@ -80,7 +80,8 @@ def set_cpu_xla_flags() -> None:
                           "on the CPU may hang. Start the process with XLA_FLAGS='" + " ".join(CPU_XLA_FLAGS)
                           + "' to avoid it.", RuntimeWarning, stacklevel=3)
             return
-    os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    # First: XLA stops reading XLA_FLAGS at the first token that is not a flag, and drops the rest.
+    os.environ["XLA_FLAGS"] = " ".join([*missing, flags]).strip()
 
 
 @cache
