@@ -26,7 +26,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,17 +36,14 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks import time_to_return
 from benchmarks.common import print_table, save_png, write_json
-from benchmarks.time_to_return import child_env
 from crossq_gpu import configure
 from crossq_gpu.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "parallel_envs"
 EVALS_PER_RUN = 10
-# A learner stuck inside XLA (a CPU reset that hangs sits at 0 % CPU) never reaches Python's
-# SIGTERM handler: this long after the budget's SIGTERM it is killed and its run recorded empty.
-KILL_GRACE_S = 60.0
 TARGET = {"env": "halfcheetah", "num_envs": 128, "return": 9000.0, "max_batch": 16_384, "max_drop": 0.2}
 # Changes to the auto regime tried on the target's env and size (`--levers`), as --set overrides;
 # "rule" is the plain rule, run beside them with the same seeds and length.
@@ -115,7 +111,7 @@ def command(spec: Spec) -> list[str]:
 
 def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     """Run one learner to its gradient steps or `budget_s` (then SIGTERM: it stops cleanly;
-    KILL_GRACE_S later, SIGKILL). A run that went to its end before with the same command is
+    a while later, SIGKILL). A run that went to its end before with the same command is
     read back, not run again."""
     out = RUNS_DIR / spec.name
     cmd = command(spec)
@@ -127,25 +123,14 @@ def run(spec: Spec, budget_s: float) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     print(f"start  {spec.name}", flush=True)
-    start, stopped, killed = time.perf_counter(), False, False
-    with open(out / "stdout.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(spec.device), cwd=ROOT)
-        while proc.poll() is None:
-            time.sleep(1.0)
-            waited = time.perf_counter() - start
-            if not stopped and waited > budget_s:
-                proc.send_signal(signal.SIGTERM)
-                stopped = True
-            elif stopped and waited > budget_s + KILL_GRACE_S:
-                proc.kill()
-                proc.wait()
-                killed = True
+    start = time.perf_counter()
+    returncode, stopped, killed = time_to_return.run_learner(cmd, out, spec.device, lambda waited: waited > budget_s)
     elapsed = time.perf_counter() - start
-    if killed:
-        print(f"killed {spec.name}: still running {KILL_GRACE_S:.0f} s after its budget's SIGTERM (hung?); "
-              f"see {out / 'stdout.log'}", flush=True)
-    elif proc.returncode not in (0, 130, -signal.SIGTERM):
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {out / 'stdout.log'}")
+    if killed:  # recorded with no curve, and run again next time
+        print(f"killed {spec.name}: still running {time_to_return.KILL_GRACE_S:.0f} s after its budget's "
+              f"SIGTERM (hung?); see {out / 'stdout.log'}", flush=True)
+    elif returncode not in (0, 130, -signal.SIGTERM):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({returncode}); see {out / 'stdout.log'}")
     else:
         print(f"done   {spec.name} in {elapsed:.0f} s{' (time budget)' if stopped else ''}", flush=True)
     process = {"process_s": round(elapsed, 1), "stopped_at_budget": stopped}

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,6 +153,31 @@ def child_env(device: str) -> dict[str, str]:
 
 # --- running --------------------------------------------------------------------------
 
+# A learner stuck inside XLA (a CPU reset that hangs sits at 0 % CPU) never reaches Python's
+# SIGTERM handler: this long after the SIGTERM it is killed.
+KILL_GRACE_S = 60.0
+
+
+def run_learner(cmd: list[str], out: Path, device: str, should_stop: Callable[[float], bool]) -> tuple[int, bool, bool]:
+    """Run `cmd` with its output in out/stdout.log, polling every second; once `should_stop`
+    (of the seconds so far) holds, SIGTERM (the learner stops cleanly), and KILL_GRACE_S later
+    SIGKILL. Returns the exit code, whether it was stopped, and whether it had to be killed."""
+    start, stopped_at = time.perf_counter(), None
+    with open(out / "stdout.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(device),
+                                cwd=Path(__file__).resolve().parents[1])
+        while proc.poll() is None:
+            time.sleep(1.0)
+            waited = time.perf_counter() - start
+            if stopped_at is None and should_stop(waited):
+                proc.send_signal(signal.SIGTERM)
+                stopped_at = waited
+            elif stopped_at is not None and waited > stopped_at + KILL_GRACE_S:
+                proc.kill()
+                proc.wait()
+                return proc.returncode, True, True
+    return proc.returncode, stopped_at is not None, False
+
 
 def last_wall_s(metrics: Path) -> float:
     try:
@@ -178,20 +204,17 @@ def run_job(job: Job, budget_s: float, device: str, fresh: bool) -> None:
     job.out.mkdir(parents=True, exist_ok=True)
     (job.out / "metrics.jsonl").unlink(missing_ok=True)
     print(f"start  {job.out.relative_to(RUNS_DIR)}", flush=True)
-    start, stopped, digest, load = time.perf_counter(), False, code_digest(), os.getloadavg()[0]
-    with open(job.out / "stdout.log", "w") as log:
-        proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(device),
-                                cwd=Path(__file__).resolve().parents[1])
-        while proc.poll() is None:
-            time.sleep(1.0)
-            over_budget = last_wall_s(job.out / "metrics.jsonl") >= budget_s
-            if not stopped and (over_budget or time.perf_counter() - start > 2 * budget_s + 300):
-                proc.send_signal(signal.SIGTERM)
-                stopped = True
-        elapsed = time.perf_counter() - start
-    if proc.returncode not in (0, 130, -signal.SIGTERM):
-        raise RuntimeError(f"{' '.join(job.cmd)} failed ({proc.returncode}); see {job.out / 'stdout.log'}")
-    marker.write_text(json.dumps({"cmd": job.cmd, "returncode": proc.returncode, "stopped_at_budget": stopped,
+    start, digest, load = time.perf_counter(), code_digest(), os.getloadavg()[0]
+    returncode, stopped, killed = run_learner(
+        job.cmd, job.out, device,
+        lambda waited: last_wall_s(job.out / "metrics.jsonl") >= budget_s or waited > 2 * budget_s + 300)
+    elapsed = time.perf_counter() - start
+    if killed:
+        raise RuntimeError(f"{' '.join(job.cmd)} still ran {KILL_GRACE_S:.0f} s after its SIGTERM (hung?) and was "
+                           f"killed; see {job.out / 'stdout.log'}")
+    if returncode not in (0, 130, -signal.SIGTERM):
+        raise RuntimeError(f"{' '.join(job.cmd)} failed ({returncode}); see {job.out / 'stdout.log'}")
+    marker.write_text(json.dumps({"cmd": job.cmd, "returncode": returncode, "stopped_at_budget": stopped,
                                   "process_s": round(elapsed, 1), "code_digest": digest,
                                   "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}, indent=2))
     print(f"done   {job.out.relative_to(RUNS_DIR)} in {elapsed:.0f} s{' (time budget)' if stopped else ''}",

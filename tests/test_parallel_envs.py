@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import parallel_envs
+from benchmarks import parallel_envs, time_to_return
 
 
 def test_parallel_envs_compares_sizes_at_the_nearest_eval() -> None:
@@ -31,7 +31,7 @@ def test_parallel_envs_kills_a_run_that_ignores_its_budgets_sigterm(tmp_path: Pa
     a later invocation runs it again rather than reusing it."""
     hung = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
     monkeypatch.setattr(parallel_envs, "RUNS_DIR", tmp_path)
-    monkeypatch.setattr(parallel_envs, "KILL_GRACE_S", 1.0)
+    monkeypatch.setattr(time_to_return, "KILL_GRACE_S", 1.0)
     monkeypatch.setattr(parallel_envs, "command", lambda spec: hung)
     spec = parallel_envs.Spec("sweep", "ant", 16, "crossq", 0, 10, "cpu")
     start = time.perf_counter()

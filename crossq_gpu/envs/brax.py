@@ -63,9 +63,9 @@ def jax_has_gpu_plugin() -> bool:
 
 
 def set_cpu_xla_flags() -> None:
-    """Put CPU_XLA_FLAGS at the front of XLA_FLAGS where JAX will step the envs on the CPU (JAX_PLATFORMS=cpu,
-    or no GPU plugin) and has not started a backend yet; a flag the user set is left as it is.
-    If JAX started before, the flags cannot take effect any more: say so once."""
+    """Put CPU_XLA_FLAGS at the front of XLA_FLAGS where JAX will step the envs on the CPU
+    (JAX_PLATFORMS=cpu, or no GPU plugin) and has not started a backend yet; a flag the user set
+    is left as it is. If JAX started before, the flags cannot take effect any more: say so once."""
     if os.environ.get("JAX_PLATFORMS", "").strip() != "cpu" and jax_has_gpu_plugin():
         return
     flags = os.environ.get("XLA_FLAGS", "")
