@@ -66,6 +66,7 @@ LEVERS: dict[str, list[str]] = {
     "actor_lr_3e-4": ["agent.net.optim.lr=0.0003"],  # the policy moves a third as fast; the critics as before
     # both, with the longest warmup the rule may take (a 20 % share of its 10,000 planned steps)
     "actor_lr_3e-4+brn_warmup_2000": ["agent.net.optim.lr=0.0003", "agent.critic_net.batch_renorm.warmup_steps=2000"],
+    "n_step_3": ["agent.algorithm.n_step=3"],  # three-step TD targets: reward flows back three times as fast
 }
 
 

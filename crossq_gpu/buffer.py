@@ -39,6 +39,7 @@ class Batch(NamedTuple):
     terminated: Tensor  # [B] float32; 1.0 only for true terminals, never truncations
     weights: Tensor | None  # [B] importance weights (PrioritizedReplay) or None (uniform)
     indices: Tensor  # [B] int64 slots sampled, handed back to `update_priorities`
+    discount: Tensor | None = None  # [B] γ^m of an m-step return's bootstrap; None: one step, γ
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -55,6 +56,15 @@ class ReplayBuffer:
 
     A vector step of `num_envs` transitions goes to slots `(pos + arange(num_envs)) % max_size`
     in one indexed write per field, so once full the newest `max_size` transitions are kept.
+    So an env's next transition after slot s is always in slot `(s + num_envs) % max_size`
+    (whether or not num_envs divides max_size), and once it is written it outlives s.
+
+    With `n_step` > 1, `sample` turns the one-step transitions into n-step ones as it draws
+    them: rewards summed with discount `gamma` along the sampled transition's own env, up to
+    `n_step` steps, stopping where the episode ended (terminated or truncated) and where
+    nothing newer is stored yet; the bootstrap is the last step's `next_obs`, discounted by
+    γ^m for the m steps taken. Computing this at sampling time keeps the storage one-step,
+    so `n_step` needs only one more flag per transition.
     """
 
     def __init__(
@@ -65,7 +75,12 @@ class ReplayBuffer:
         num_envs: int,
         device: torch.device | str,
         action_dtype: torch.dtype = torch.float32,
+        *,
+        n_step: int = 1,
+        gamma: float = 1.0,
     ) -> None:
+        if n_step < 1:
+            raise ValueError(f"n_step={n_step} must be >= 1")
         if num_envs < 1 or max_size < num_envs:
             raise ValueError(
                 f"memory.max_size={max_size} must be at least num_envs={num_envs}: "
@@ -74,34 +89,41 @@ class ReplayBuffer:
         self.device = torch.device(device)
         self.max_size = max_size
         self.num_envs = num_envs
+        self.n_step, self.gamma = n_step, gamma
         self._check_fits(obs_dim, tuple(action_shape), action_dtype)
         self.obs = torch.zeros(max_size, obs_dim, device=self.device)
         self.action = torch.zeros(max_size, *action_shape, dtype=action_dtype, device=self.device)
         self.reward = torch.zeros(max_size, device=self.device)
         self.next_obs = torch.zeros(max_size, obs_dim, device=self.device)
         self.terminated = torch.zeros(max_size, device=self.device)
+        # n-step only: the episode ended here (terminated or truncated), where a return must stop.
+        self.ended = torch.zeros(max_size, dtype=torch.bool, device=self.device) if n_step > 1 else None
         self.pos = torch.zeros((), dtype=torch.int64, device=self.device)
         self.size = torch.zeros((), dtype=torch.int64, device=self.device)
         self._env_offsets = torch.arange(num_envs, device=self.device)
 
     @classmethod
     def nbytes(
-        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32
+        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32,
+        n_step: int = 1,
     ) -> int:
         """Bytes the storage of a `max_size` buffer takes (pure: allocates nothing)."""
         action_bytes = math.prod(action_shape) * torch.empty((), dtype=action_dtype).element_size()
-        # obs + next_obs (float32), action, reward + terminated (float32)
-        return max_size * (2 * obs_dim * 4 + action_bytes + 2 * 4)
+        # obs + next_obs (float32), action, reward + terminated (float32), n-step's ended flag (bool)
+        return max_size * (2 * obs_dim * 4 + action_bytes + 2 * 4 + (n_step > 1))
 
     def _check_fits(self, obs_dim: int, action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
-        needed = self.nbytes(obs_dim, action_shape, self.max_size, action_dtype)
+        def needs(size: int) -> int:
+            return self.nbytes(obs_dim, action_shape, size, action_dtype, self.n_step)
+
+        needed = needs(self.max_size)
         usable = int(free_memory_bytes(self.device) * _MEMORY_HEADROOM)
         if needed <= usable:
             return
         lo, hi = 0, self.max_size  # largest size that fits, by bisection (nbytes is monotone)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if self.nbytes(obs_dim, action_shape, mid, action_dtype) <= usable else (lo, mid - 1)
+            lo, hi = (mid, hi) if needs(mid) <= usable else (lo, mid - 1)
         raise BufferTooLarge(
             f"memory.max_size={self.max_size} needs {needed / 2**30:.2f} GiB ({needed} bytes) on {self.device}, "
             f"but only {usable / 2**30:.2f} GiB is free after a {1 - _MEMORY_HEADROOM:.0%} headroom; "
@@ -111,10 +133,16 @@ class ReplayBuffer:
     def _next_slots(self) -> Tensor:
         return (self.pos + self._env_offsets) % self.max_size
 
-    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> None:
+    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor,
+            truncated: Tensor | None = None) -> None:
         """Store one vector step; every argument has leading dim `num_envs`. `next_obs` must be the
-        true final observation where an episode ended (not the auto-reset one)."""
+        true final observation where an episode ended (not the auto-reset one). `truncated` is
+        needed only for n-step returns, which must not run on into the next episode."""
         slots = self._next_slots()
+        if self.ended is not None:
+            if truncated is None:
+                raise ValueError("an n-step buffer needs `truncated` in add(), to stop returns at episode ends")
+            self.ended[slots] = (terminated.reshape(self.num_envs) != 0) | (truncated.reshape(self.num_envs) != 0)
         self.obs[slots] = obs.to(self.obs.dtype)
         self.action[slots] = action.to(self.action.dtype)
         self.reward[slots] = reward.reshape(self.num_envs).to(self.reward.dtype)
@@ -124,15 +152,30 @@ class ReplayBuffer:
         self.size.add_(self.num_envs).clamp_(max=self.max_size)
 
     def _gather(self, indices: Tensor, weights: Tensor | None) -> Batch:
-        return Batch(
-            self.obs[indices],
-            self.action[indices],
-            self.reward[indices],
-            self.next_obs[indices],
-            self.terminated[indices],
-            weights,
-            indices,
-        )
+        if self.ended is None:
+            return Batch(self.obs[indices], self.action[indices], self.reward[indices], self.next_obs[indices],
+                         self.terminated[indices], weights, indices)
+        reward, last, discount = self._n_step_return(indices)
+        return Batch(self.obs[indices], self.action[indices], reward, self.next_obs[last], self.terminated[last],
+                     weights, indices, discount)
+
+    def _n_step_return(self, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The discounted reward sum from each `start` slot, the slot of its last step and γ^m.
+
+        A static loop of `n_step` gathers: no data-dependent shapes, so it compiles and captures.
+        """
+        stored_after = (self.pos - 1 - start).remainder(self.max_size) // self.num_envs  # vector steps
+        reward, last = self.reward[start], start
+        steps = torch.ones_like(reward)
+        going_on = ~self.ended[start]
+        for k in range(1, self.n_step):
+            slot = (start + k * self.num_envs) % self.max_size
+            take = going_on & (stored_after >= k)
+            reward = reward + torch.where(take, self.gamma**k * self.reward[slot], 0.0)
+            last = torch.where(take, slot, last)
+            steps = steps + take
+            going_on = take & ~self.ended[slot]
+        return reward, last, torch.pow(self.gamma, steps)
 
     def sample(self, batch_size: int) -> Batch:
         """Uniform over the `size` stored slots. An integer draw reduced modulo `size` rather
@@ -165,7 +208,8 @@ class ReplayBuffer:
             target.copy_(state[name])
 
     def _state_names(self) -> tuple[str, ...]:
-        return ("obs", "action", "reward", "next_obs", "terminated", "pos", "size")
+        n_step = ("ended",) if self.ended is not None else ()
+        return ("obs", "action", "reward", "next_obs", "terminated", *n_step, "pos", "size")
 
 
 class PrioritizedReplay(ReplayBuffer):
@@ -187,13 +231,15 @@ class PrioritizedReplay(ReplayBuffer):
         device: torch.device | str,
         action_dtype: torch.dtype = torch.float32,
         *,
+        n_step: int = 1,
+        gamma: float = 1.0,
         alpha: float = 0.6,
         beta: float = 0.4,
         beta_final: float = 1.0,
         beta_steps: int = 100_000,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__(obs_dim, action_shape, max_size, num_envs, device, action_dtype)
+        super().__init__(obs_dim, action_shape, max_size, num_envs, device, action_dtype, n_step=n_step, gamma=gamma)
         self.alpha, self.beta0, self.beta_final, self.beta_steps, self.eps = alpha, beta, beta_final, beta_steps, eps
         self.capacity = self._capacity(max_size)
         self.depth = self.capacity.bit_length() - 1
@@ -210,10 +256,11 @@ class PrioritizedReplay(ReplayBuffer):
 
     @classmethod
     def nbytes(
-        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32
+        cls, obs_dim: int, action_shape: tuple[int, ...], max_size: int, action_dtype: torch.dtype = torch.float32,
+        n_step: int = 1,
     ) -> int:
         """Storage plus the float64 sum tree of 2·capacity nodes."""
-        return super().nbytes(obs_dim, action_shape, max_size, action_dtype) + 2 * cls._capacity(max_size) * 8
+        return super().nbytes(obs_dim, action_shape, max_size, action_dtype, n_step) + 2 * cls._capacity(max_size) * 8
 
     def _set_priorities(self, slots: Tensor, priorities: Tensor) -> None:
         """Write leaves, then recompute each touched parent from its two children, level by level.
@@ -225,9 +272,10 @@ class PrioritizedReplay(ReplayBuffer):
             nodes = nodes // 2
             self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
 
-    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> None:
+    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor,
+            truncated: Tensor | None = None) -> None:
         slots = self._next_slots()
-        super().add(obs, action, reward, next_obs, terminated)
+        super().add(obs, action, reward, next_obs, terminated, truncated)
         self._set_priorities(slots, self.max_priority.expand(self.num_envs))
 
     def beta(self) -> Tensor:
@@ -273,10 +321,13 @@ BUFFERS: dict[str, type[ReplayBuffer]] = {"Replay": ReplayBuffer, "PrioritizedRe
 
 
 def make_buffer(memory: MemoryConfig, obs_dim: int, action_shape: tuple[int, ...], num_envs: int,
-                device: torch.device | str, action_dtype: torch.dtype = torch.float32) -> ReplayBuffer:
-    """The buffer `memory` describes: its class, size and, for PrioritizedReplay, its settings."""
+                device: torch.device | str, action_dtype: torch.dtype = torch.float32, *,
+                n_step: int = 1, gamma: float = 1.0) -> ReplayBuffer:
+    """The buffer `memory` describes: its class, size and, for PrioritizedReplay, its settings;
+    `n_step` and `gamma` are the algorithm's, for the returns `sample` builds."""
     if memory.name not in BUFFERS:
         raise ValueError(f"unknown memory.name {memory.name!r}; known: {', '.join(BUFFERS)}")
     cls = BUFFERS[memory.name]
     per = dataclasses.asdict(memory.prioritized) if issubclass(cls, PrioritizedReplay) else {}
-    return cls(obs_dim, action_shape, memory.max_size, num_envs, device, action_dtype, **per)
+    return cls(obs_dim, action_shape, memory.max_size, num_envs, device, action_dtype, n_step=n_step, gamma=gamma,
+               **per)

@@ -79,6 +79,10 @@ class AlgorithmConfig:
     Gaussian, for continuous actions; Categorical for discrete ones. A value the env contradicts is an error."""
     gamma: float = 0.99
     """Discount factor per env step, in (0, 1]."""
+    n_step: int = 1
+    """Env steps per TD target: r_t + … + γ^(n−1) r_(t+n−1) + γ^n V(s_(t+n)), cut short at an
+    episode's end. More than 1 passes reward back faster per gradient step, at the price of a
+    bias: the steps after the first were taken by an older policy."""
     training_frequency: int = 1
     """Env (vector) steps between updates."""
     training_iter: int = 1
@@ -295,6 +299,7 @@ def validate(cfg: Config) -> None:
         (cfg.agent.algorithm.training_iter >= 1, "agent.algorithm.training_iter must be >= 1"),
         (cfg.agent.algorithm.training_start_step >= 0, "agent.algorithm.training_start_step must be >= 0"),
         (cfg.agent.algorithm.policy_delay >= 1, "agent.algorithm.policy_delay must be >= 1"),
+        (cfg.agent.algorithm.n_step >= 1, "agent.algorithm.n_step must be >= 1"),
         (cfg.agent.algorithm.alpha_init > 0, "agent.algorithm.alpha_init must be > 0"),
         (0.0 < cfg.agent.algorithm.tau <= 1.0, "agent.algorithm.tau must be in (0, 1]"),
         (cfg.agent.critic_net.n_critics >= 1, "agent.critic_net.n_critics must be >= 1"),

@@ -23,9 +23,12 @@ def soft_value(next_q: Tensor, next_log_prob: Tensor, alpha: Tensor,
     return v if next_probs is None else (next_probs * v).sum(-1)
 
 
-def td_target(reward: Tensor, terminated: Tensor, next_value: Tensor, gamma: float) -> Tensor:
-    """y = r + γ (1 − terminated) V(s'). Truncated transitions are not terminal: they bootstrap."""
-    return (reward + gamma * (1.0 - terminated) * next_value).detach()
+def td_target(reward: Tensor, terminated: Tensor, next_value: Tensor, discount: float | Tensor) -> Tensor:
+    """y = r + γ (1 − terminated) V(s'). Truncated transitions are not terminal: they bootstrap.
+
+    For an n-step return, r is the discounted reward sum and `discount` is γ^m per row [B].
+    """
+    return (reward + discount * (1.0 - terminated) * next_value).detach()
 
 
 def critic_loss(q: Tensor, target: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -71,7 +71,8 @@ class Run:
             torch.manual_seed(run.seed + ranks.rank)
         action_shape = () if self.discrete else (self.env.act_dim,)
         self.buffer = make_buffer(cfg.agent.memory, self.env.obs_dim, action_shape, cfg.env.num_envs, device,
-                                  torch.int64 if self.discrete else torch.float32)
+                                  torch.int64 if self.discrete else torch.float32,
+                                  n_step=cfg.agent.algorithm.n_step, gamma=cfg.agent.algorithm.gamma)
         self.update = Update(self.agent, self.buffer, cfg, device, ranks)
         self.window = MetricsWindow(device)
         self.returns = EpisodeReturns(cfg.env.num_envs, device)
@@ -133,7 +134,7 @@ class Run:
                     next_obs, reward, terminated, truncated, info = self.env.step_wait()
                 else:
                     next_obs, reward, terminated, truncated, info = self.env.step(action)
-                self.buffer.add(self.obs, action, reward, info["final_obs"], terminated)
+                self.buffer.add(self.obs, action, reward, info["final_obs"], terminated, truncated)
                 self.returns.update(reward, terminated | truncated)
                 self.obs = next_obs
                 c.env_steps += cfg.env.num_envs * ranks.world

@@ -129,7 +129,8 @@ class Update:
             q = q.gather(-1, batch.action.view(1, -1, 1).expand(q.shape[0], -1, 1)).squeeze(-1)
         alpha = agent.log_alpha.detach().exp()
         next_value = losses.soft_value(next_q, next_logp, alpha, next_probs)
-        target = losses.td_target(batch.reward, batch.terminated, next_value, self.gamma)
+        discount = self.gamma if batch.discount is None else batch.discount
+        target = losses.td_target(batch.reward, batch.terminated, next_value, discount)
         loss, td_abs = losses.critic_loss(q, target, batch.weights)
         return loss, td_abs, {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 

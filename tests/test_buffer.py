@@ -120,11 +120,15 @@ def test_max_size_below_num_envs_is_rejected() -> None:
 @pytest.mark.parametrize(("action_shape", "action_dtype"), [((ACT_DIM,), torch.float32), ((), torch.int64)])
 def test_nbytes_matches_what_is_allocated(cls: type[ReplayBuffer], action_shape: tuple[int, ...],
                                           action_dtype: torch.dtype) -> None:
-    buf = cls(OBS_DIM, action_shape, max_size=21, num_envs=3, device="cpu", action_dtype=action_dtype)
-    storage = [buf.obs, buf.action, buf.reward, buf.next_obs, buf.terminated]
-    if cls is PrioritizedReplay:
-        storage.append(buf.tree)
-    assert cls.nbytes(OBS_DIM, action_shape, 21, action_dtype) == sum(t.nbytes for t in storage)
+    for n_step in (1, 3):
+        buf = cls(OBS_DIM, action_shape, max_size=21, num_envs=3, device="cpu", action_dtype=action_dtype,
+                  n_step=n_step)
+        storage = [buf.obs, buf.action, buf.reward, buf.next_obs, buf.terminated]
+        if n_step > 1:
+            storage.append(buf.ended)
+        if cls is PrioritizedReplay:
+            storage.append(buf.tree)
+        assert cls.nbytes(OBS_DIM, action_shape, 21, action_dtype, n_step) == sum(t.nbytes for t in storage)
 
 
 def test_nbytes_formula() -> None:
@@ -193,8 +197,9 @@ def test_make_buffer() -> None:
         make_buffer(MemoryConfig(name="Uniform"), **kwargs)
 
 
+@pytest.mark.parametrize("n_step", [1, 3])
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_add_and_sample_compile_fullgraph_and_match_eager(backend: str) -> None:
+def test_add_and_sample_compile_fullgraph_and_match_eager(backend: str, n_step: int) -> None:
     """fullgraph=True fails on any graph break, so this proves add/sample have no host sync
     (.item(), Python branches on tensors, data-dependent shapes). Inductor is told to draw
     random numbers as eager does, so the samples can be compared."""
@@ -203,18 +208,81 @@ def test_add_and_sample_compile_fullgraph_and_match_eager(backend: str) -> None:
         buf.add(*transition)
         return buf.sample(8)
 
-    eager_buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=10, num_envs=3, device="cpu")
-    compiled_buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=10, num_envs=3, device="cpu")
+    eager_buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=10, num_envs=3, device="cpu", n_step=n_step, gamma=0.9)
+    compiled_buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=10, num_envs=3, device="cpu", n_step=n_step, gamma=0.9)
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     with inductor_config.patch(fallback_random=True):
         for k in range(6):  # wraps around twice
-            transition = vector_step(3 * k, 3)
+            transition = (*vector_step(3 * k, 3), torch.tensor([k == 2, False, k == 4]))
             torch.manual_seed(k)
             expected = step(eager_buf, transition)
             torch.manual_seed(k)
             got = compiled(compiled_buf, transition)
             for field, want in zip(got._fields, expected):
                 torch.testing.assert_close(getattr(got, field), want, msg=field)
+            assert (got.discount is None) == (n_step == 1)
     for name, value in eager_buf.state_dict().items():
         assert torch.equal(getattr(compiled_buf, name), value), name
     np.testing.assert_array_equal(compiled_buf.pos.numpy(), 18 % 10)
+
+
+def reference_n_step(episodes: list[list[dict]], n: int, gamma: float) -> dict[int, tuple[float, int, float, float]]:
+    """Per transition id: (reward sum, id of the last step, terminated there, γ^m), walked along
+    each env's own list of episodes, independently of the buffer's slot arithmetic."""
+    out = {}
+    for episode in episodes:
+        for t, first in enumerate(episode):
+            steps = episode[t:t + n]
+            reward = sum(gamma**k * step["reward"] for k, step in enumerate(steps))
+            out[first["id"]] = (reward, steps[-1]["id"], steps[-1]["terminated"], gamma ** len(steps))
+    return out
+
+
+@pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplay])
+@pytest.mark.parametrize(("max_size", "num_envs", "n_steps", "n"), [(10, 3, 9, 3), (40, 4, 13, 5), (12, 4, 6, 2)])
+def test_n_step_returns_match_a_walk_along_each_envs_episodes(cls: type[ReplayBuffer], max_size: int,
+                                                              num_envs: int, n_steps: int, n: int) -> None:
+    """Random rewards, terminations and truncations over a buffer that wraps (10 slots, 3 envs:
+    not a multiple); every stored transition is checked, the newest ones too, whose returns are
+    cut short by what is not stored yet."""
+    gamma = 0.9
+    gen = torch.Generator().manual_seed(max_size)
+    buf = cls(OBS_DIM, (ACT_DIM,), max_size, num_envs, "cpu", n_step=n, gamma=gamma)
+    episodes: list[list[list[dict]]] = [[[]] for _ in range(num_envs)]
+    for step in range(n_steps):
+        obs, action, _, next_obs, _ = vector_step(step * num_envs, num_envs)
+        reward = torch.randn(num_envs, generator=gen)
+        ended = torch.rand(num_envs, generator=gen) < 0.3
+        terminated = ended & (torch.rand(num_envs, generator=gen) < 0.5)
+        buf.add(obs, action, reward, next_obs, terminated.float(), ended & ~terminated)
+        for env in range(num_envs):
+            episodes[env][-1].append({"id": step * num_envs + env, "reward": reward[env].item(),
+                                      "terminated": float(terminated[env])})
+            if ended[env]:
+                episodes[env].append([])
+    expected = reference_n_step([e for per_env in episodes for e in per_env], n, gamma)
+    batch = buf.sample(4096)
+    ids = batch.obs[:, 0].long()
+    assert len(set(ids.tolist())) == buf.size.item()  # every stored transition was drawn
+    assert ids.min().item() == n_steps * num_envs - buf.size.item()  # and only those
+    for row, first in enumerate(ids.tolist()):
+        reward, last, terminated, discount = expected[first]
+        assert batch.reward[row].item() == pytest.approx(reward, rel=1e-5, abs=1e-5)
+        assert batch.next_obs[row, 0].item() == last + 0.5  # the last step's own next_obs
+        assert batch.terminated[row].item() == terminated
+        assert batch.discount[row].item() == pytest.approx(discount, rel=1e-6)
+        torch.testing.assert_close(batch.action[row], torch.tensor([first, -first], dtype=torch.float32))
+
+
+def test_n_step_needs_truncations_and_checkpoints_them() -> None:
+    buf = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=6, num_envs=2, device="cpu", n_step=3)
+    with pytest.raises(ValueError, match="needs `truncated`"):
+        buf.add(*vector_step(0, 2))
+    buf.add(*vector_step(0, 2), torch.tensor([False, True]))  # id 0 terminates, id 1 is truncated
+    state = buf.state_dict()
+    assert state["ended"].tolist() == [True, True, False, False, False, False]
+    fresh = ReplayBuffer(OBS_DIM, (ACT_DIM,), max_size=6, num_envs=2, device="cpu", n_step=3)
+    with pytest.raises(ValueError, match=r"missing \['ended'\]"):
+        fresh.load_state_dict({name: value for name, value in state.items() if name != "ended"})
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ended, buf.ended)

@@ -1,7 +1,8 @@
 """The whole gradient step as one compiled program: the eager step's training, fresh noise, one graph.
 
 tests/test_update.py's compiled == eager test covers CrossQ and SAC on uniform replay with both
-variants (critic only, actor step); these add prioritized replay (with weight normalisation), discrete actions and bf16,
+variants (critic only, actor step); these add prioritized replay (with weight normalisation), discrete actions,
+n-step returns and bf16,
 each with the actor step on every call (policy_delay 1), so each case compiles one program.
 """
 
@@ -67,7 +68,8 @@ def assert_same(eager: Update, fused: Update, metrics: list[tuple[dict, dict]], 
 @pytest.mark.parametrize(("algo", "discrete", "extra"), [
     ("CrossQ", False, ["agent.memory.name=PrioritizedReplay", "agent.critic_net.weight_norm=true"]),
     ("SAC", True, []),
-], ids=["CrossQ-prioritized-weight_norm", "SAC-discrete"])
+    ("CrossQ", False, ["agent.algorithm.n_step=3"]),
+], ids=["CrossQ-prioritized-weight_norm", "SAC-discrete", "CrossQ-n_step_3"])
 def test_fused_step_trains_like_the_eager_step(fresh_dynamo: None, algo: str, discrete: bool,
                                                extra: list[str]) -> None:
     """Metrics, weights, BRN statistics, Adam's moments and step counts, and for prioritized

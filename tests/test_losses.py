@@ -11,9 +11,15 @@ def test_truncated_transitions_bootstrap_terminated_do_not():
     reward = torch.tensor([1.0, 1.0, 1.0])
     terminated = torch.tensor([0.0, 1.0, 0.0])  # row 2 was truncated: stored as not terminal
     next_value = torch.tensor([10.0, 10.0, 10.0])
-    y = losses.td_target(reward, terminated, next_value, gamma=0.9)
+    y = losses.td_target(reward, terminated, next_value, discount=0.9)
     assert torch.allclose(y, torch.tensor([10.0, 1.0, 10.0]))
     assert not y.requires_grad
+
+
+def test_n_step_targets_bootstrap_with_each_rows_own_discount():
+    reward = torch.tensor([1.0 + 0.9 * 2.0, 3.0])  # row 0: two steps summed; row 1: one step
+    y = losses.td_target(reward, torch.zeros(2), torch.tensor([10.0, 10.0]), torch.tensor([0.81, 0.9]))
+    assert torch.allclose(y, torch.tensor([2.8 + 8.1, 3.0 + 9.0]))
 
 
 def test_soft_value_takes_the_min_over_critics_and_the_entropy_bonus():
