@@ -5,7 +5,8 @@
 #
 #   make gpu-kit                                 # here, with internet: the wheels the GPU image lacks
 #   bash benchmarks/gpu_check.sh                 # there (carry gpu_kit/): the default steps
-#   bash benchmarks/gpu_check.sh learner brn     # a subset of: tests brn update learner env (env: not by default)
+#   bash benchmarks/gpu_check.sh learner brn     # a subset of: tests brn update learner overlap env
+#                                                # (overlap and env: on request, not by default)
 #   bash benchmarks/gpu_check.sh --plan [STEP…]  # each step, its limit and the total; runs nothing
 #
 # Each step runs under `timeout -k 5 LIMIT`: SIGTERM at its limit, SIGKILL 5 s later (the
@@ -15,7 +16,8 @@
 # 8 files, side by side, each under 16 MiB:
 #   gpu_check.log  tests_fast_path.xml  tests_triton_brn.xml  brn_kernel_<gpu>.json
 #   update_throughput_<gpu>.json  learner_check_<gpu>.json  metrics.jsonl (the learner's rows,
-#   kept even if learner_check is killed before it reports)  [env_throughput_<gpu>.json]
+#   kept even if learner_check is killed before it reports)  [learner_check_overlap_<gpu>.json]
+#   [env_throughput_<gpu>.json]
 # The benchmarks rewrite their JSON after every point and run the points that matter first,
 # so a step cut by its limit still returns what it measured. The carried wheels are installed
 # into /tmp/site (no index, no dependencies, no bytecode) and put on PYTHONPATH, so the
@@ -38,8 +40,8 @@ plan=false
 [[ ${1:-} == --plan ]] && { plan=true; shift; }
 selected=${*:-tests brn update learner}
 for name in $selected; do
-    [[ " tests brn update learner env " == *" $name "* ]] ||
-        { echo "gpu_check: unknown step '$name' (known: tests brn update learner env)" >&2; exit 2; }
+    [[ " tests brn update learner overlap env " == *" $name "* ]] ||
+        { echo "gpu_check: unknown step '$name' (known: tests brn update learner overlap env)" >&2; exit 2; }
 done
 wants() { [[ " $selected " == *" $1 "* ]]; }
 
@@ -78,8 +80,13 @@ wants update && add update 40 "$RESULTS/update_throughput_*.json" \
     "$PY -m benchmarks.update_throughput --device cuda --widths 1024 --batch-sizes 16384 --modes graphed \
 --algos CrossQ --compare --rounds 3"
 # Ant at 4,096 envs under the auto regime, end to end under a 24 GiB cap: steady-state sps/ups after the compiles, peak memory.
+LEARNER_ARGS="--env ant --num-envs 4096 --eval-every 0 --checkpoint-every 0"
 wants learner && add learner 65 "$RESULTS/learner_check_*.json runs/learner_check-*/metrics.jsonl" \
-    "$PY -m benchmarks.learner_check --seconds 48 -- --env ant --num-envs 4096 --eval-every 0 --checkpoint-every 0"
+    "$PY -m benchmarks.learner_check --seconds 48 -- $LEARNER_ARGS"
+# The same run with the env stepping while the updates run (two CUDA streams), on request: its
+# steady-state sps beside the learner step's, and that it runs at all, decide the default.
+wants overlap && add overlap 65 "$RESULTS/learner_check_overlap_*.json" \
+    "$PY -m benchmarks.learner_check --name learner_check_overlap --seconds 48 -- $LEARNER_ARGS --set run.overlap=true"
 # Brax on the GPU, generalized vs mjx (on request).
 wants env && add env 45 "$RESULTS/env_throughput_*.json" \
     "$PY -m benchmarks.env_throughput --device cuda --num-envs 256 1024 4096 --min-time 1.0"

@@ -12,7 +12,8 @@ On CUDA the process gets what a 24 GiB card holds — torch through
 `set_per_process_memory_fraction`, JAX through `XLA_PYTHON_CLIENT_MEM_FRACTION`, both set
 before either allocates — so a run that needs more fails here instead of passing on a larger
 card whose caches grow with it. The result reports `torch.cuda.max_memory_allocated` and
-JAX's `peak_bytes_in_use`. Writes benchmarks/results/learner_check_<device>.json.
+JAX's `peak_bytes_in_use`. Writes benchmarks/results/<name>_<device>.json (`--name`, default
+learner_check).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, required=True, help="wall time before the learner is stopped")
     p.add_argument("--torch-gib", type=float, default=18.0, help="torch's cap on CUDA (GiB)")
     p.add_argument("--jax-gib", type=float, default=6.0, help="JAX's cap on CUDA (GiB); the two share the 24 GiB card")
+    p.add_argument("--name", default="learner_check", help="the results file's stem, to keep two variants apart")
     p.add_argument("learner_args", nargs=argparse.REMAINDER, help="-- then the learner's own arguments")
     args = p.parse_args(argv)
     if args.seconds <= 0:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         memory.update(torch_max_allocated_gib=torch.cuda.max_memory_allocated() / GIB,
                       torch_max_reserved_gib=torch.cuda.max_memory_reserved() / GIB, jax_peak_gib=jax_peak_gib())
     device = torch.device("cuda" if cuda else "cpu")
-    path = write_json("learner_check", device, rows, learner_args=learner_args, seconds=args.seconds,
+    path = write_json(args.name, device, rows, learner_args=learner_args, seconds=args.seconds,
                       learner_exit=code, steady=steady, memory=memory, run_dir=str(out))
     print(f"learner_check: steady state {steady}; memory {memory}; wrote {path}")
     if code not in (0, learner.EXIT_INTERRUPTED) or (code and not fired.is_set()):

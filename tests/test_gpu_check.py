@@ -93,16 +93,20 @@ def test_plan_update_step_times_one_compiled_variant(checkout: Path) -> None:
     assert args.variants == [] and args.compare == []
 
 
-def test_plan_learner_step_resolves_to_the_4096_env_gpu_regime(checkout: Path) -> None:
-    """The learner flags the check passes make a valid CUDA config: batch and width as the update step's."""
-    command = shlex.split(plan(checkout)[0]["learner"][1])
+@pytest.mark.parametrize("step", ["learner", "overlap"])
+def test_plan_learner_step_resolves_to_the_4096_env_gpu_regime(checkout: Path, step: str) -> None:
+    """The learner flags the check passes make a valid CUDA config: batch and width as the update step's;
+    the overlap step (on request) is the same run with the env stepping during the updates."""
+    command = shlex.split(plan(checkout, step)[0][step][1])
+    if step == "overlap":  # its own results file, beside the learner step's
+        assert command[command.index("--name") + 1] == "learner_check_overlap"
     args = learner.parse_args(command[command.index("--") + 1:])
     with unittest.mock.patch("torch.cuda.is_available", return_value=True):
         cfg, preset = learner.resolve_config(args)
     update = shlex.split(plan(checkout)[0]["update"][1])
     widths = update[update.index("--widths") + 1]
     batch = update[update.index("--batch-sizes") + 1]
-    assert (preset, cfg.env.num_envs) == ("paper", 4096)
+    assert (preset, cfg.env.num_envs, cfg.run.overlap) == ("paper", 4096, step == "overlap")
     assert cfg.agent.memory.batch_size == int(batch) and cfg.agent.critic_net.hidden == [int(widths)] * 2
 
 
