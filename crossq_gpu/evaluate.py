@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -50,16 +51,18 @@ def evaluate(agent: Actor, env: VecEnv, seed: int) -> tuple[float, float, int]:
 
 
 def record_video(agent: Actor, env: VecEnv, seed: int, path: Path) -> None:
-    """One deterministic episode rendered to a video file (Gymnasium envs)."""
+    """One deterministic episode of a one-env `env` with a render() (Gymnasium with
+    render_mode="rgb_array", Brax, Playground) to a video file: the start and every step up to
+    the episode's end; the auto-reset state that follows it is left out."""
     import imageio.v2 as imageio
 
     obs = env.reset(seed=seed)
     frames = [env.render()]
-    done = False
-    while not done:
+    while True:
         _check_time_limit(env, len(frames) - 1)
         obs, _, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
-        done = bool((terminated | truncated).any())
+        if bool((terminated | truncated).any()):
+            break
         frames.append(env.render())
     imageio.mimsave(path, frames, fps=env.render_fps)
 
@@ -79,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--video", metavar="FILE", help="also record one episode (Gymnasium envs), e.g. out.mp4")
+    p.add_argument("--video", metavar="FILE", help="also record one episode, e.g. out.mp4 (without a display, "
+                   "MuJoCo draws offscreen through EGL unless MUJOCO_GL says otherwise)")
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error("--episodes must be >= 1")
+    if args.video and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read once, when MuJoCo is first imported
     try:
         policy = load_policy(args.checkpoint, args.device)
         cfg = policy.config
@@ -90,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                        backend=cfg.env.backend, episode_length=cfg.env.episode_length)
         mean, std, episodes = evaluate(policy, env, seed=args.seed)
         if args.video:
-            if not cfg.env.name.startswith("gym:"):
-                raise ValueError("--video records Gymnasium (gym:ID) envs only")
+            gym = {"render_mode": "rgb_array"} if cfg.env.name.startswith("gym:") else {}
             video_env = make_env(cfg.env.name, 1, torch.device(args.device), seed=args.seed,
-                                 render_mode="rgb_array")
+                                 backend=cfg.env.backend, episode_length=cfg.env.episode_length, **gym)
             record_video(policy, video_env, args.seed, Path(args.video))
     except (CheckpointError, ConfigError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

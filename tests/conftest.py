@@ -2,7 +2,7 @@
 
 TRITON_INTERPRET=1 has to be in the environment before `@triton.jit` decorates the
 kernels, so that the Triton path runs on CPU tensors. The Brax adapter's CPU XLA flags have
-to be in it before a test module starts JAX.
+to be in it before a test module starts JAX, and MUJOCO_GL before anything imports MuJoCo.
 """
 
 import os
@@ -11,6 +11,8 @@ from collections.abc import Iterator
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# MuJoCo picks its GL platform once, at import: offscreen EGL, for the render tests (no display).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest
 import torch

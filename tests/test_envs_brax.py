@@ -170,6 +170,39 @@ def test_state_dict_resumes_exactly(env: JaxVecEnv) -> None:
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
 
 
+def test_render_draws_env_zero_as_braxs_own_renderer_does(env: JaxVecEnv) -> None:
+    """The frame of env 0's current physics state; Brax's render_array (a new renderer per call,
+    the free camera, as this model has no `track` camera) is the reference."""
+    env.reset(seed=3)
+    for action in _actions(4, seed=3):
+        env.step(action)
+    state = jax.tree.map(lambda x: x[0], env._carry.state.pipeline_state)
+    frame = env.render()
+    assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, env.env.render([state])[0])
+    other = jax.tree.map(lambda x: x[1], env._carry.state.pipeline_state)
+    assert not np.array_equal(frame, env.env.render([other])[0])  # env 1 is elsewhere by now
+    assert env.render_fps == round(1 / env.env.dt)
+
+
+def test_record_video_writes_one_episode_up_to_its_end(env: JaxVecEnv, tmp_path) -> None:
+    from crossq_gpu.evaluate import record_video
+
+    class Still:
+        def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+            return torch.zeros(obs.shape[0], 1)
+
+    env.reset(seed=5)
+    steps = 1
+    while not bool((lambda out: (out[2] | out[3]).any())(env.step(Still().act(torch.zeros(N, 1))))):
+        steps += 1
+    path = tmp_path / "episode.mp4"
+    record_video(Still(), env, seed=5, path=path)
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(path)) == steps  # the start and each step before the last
+
+
 @pytest.mark.parametrize("backend", ["mjx", pytest.param("spring", marks=pytest.mark.slow),
                                      pytest.param("positional", marks=pytest.mark.slow)])
 def test_other_backends_step_truncate_and_compile_once(backend: str) -> None:

@@ -211,6 +211,7 @@ class JaxVecEnv:
         # Where actions must be for JAX: the CPU when JAX has no GPU (a copy, warned about).
         self._action_device = torch.device("cpu") if self.jax_device.platform == "cpu" else self.device
         self._carry: Carry | None = None
+        self._view: tuple[Any, Any, int] | None = None  # render(): MuJoCo's renderer, its data, the camera
         self._pending: tuple[jax.Array, ...] | None = None
         self._action: torch.Tensor | None = None
         self._reset = jax.jit(_batched_reset(env, num_envs))
@@ -277,8 +278,50 @@ class JaxVecEnv:
             jax.device_put(np.asarray(t.numpy(), dtype=x.dtype), self.jax_device)
             for x, t in zip(template, state["leaves"], strict=True)])
 
+    @property
+    def render_fps(self) -> int:
+        """Frames per second of a video at the env's own speed (one frame per control step)."""
+        return max(1, round(1.0 / float(self.env.dt)))
+
+    def render(self, height: int = 240, width: int = 320) -> np.ndarray:
+        """Env 0's current frame [height, width, 3] uint8, drawn by MuJoCo's renderer through the
+        model's `track` camera where it has one (Brax's locomotion envs do), else the free one.
+
+        Without a display MuJoCo needs an offscreen GL chosen before it is imported:
+        MUJOCO_GL=egl (or osmesa); `python -m crossq_gpu.evaluate --video` sets egl itself.
+        """
+        if self._carry is None:
+            raise RuntimeError("call reset() before render()")
+        import mujoco
+
+        model = getattr(self.env, "mj_model", None) or getattr(getattr(self.env, "sys", None), "mj_model", None)
+        if model is None:
+            raise ValueError(f"{self.name} has no MuJoCo model to render")
+        if self._view is None:
+            # Mesa's software EGL loads its own LLVM, and loading Triton's after it crashes the
+            # process (seen with Mesa's llvmpipe): so Triton, which the networks need, goes first.
+            with contextlib.suppress(ImportError):
+                import triton  # noqa: F401
+            try:
+                renderer = mujoco.Renderer(model, height, width)
+            except mujoco.FatalError as exc:
+                raise ValueError(f"MuJoCo could not open a GL context ({exc}); on a machine without a display, "
+                                 "start the process with MUJOCO_GL=egl (or osmesa)") from None
+            self._view = (renderer, mujoco.MjData(model), mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track"))
+        renderer, data, camera = self._view
+        state = self._carry.state
+        physics = state.pipeline_state if hasattr(state, "pipeline_state") else state.data  # Brax | Playground
+        first = jax_module().tree.map(lambda x: np.asarray(x[0]), physics)
+        data.qpos, data.qvel = (first.qpos, first.qvel) if hasattr(first, "qpos") else (first.q, first.qd)
+        mujoco.mj_forward(model, data)
+        renderer.update_scene(data, camera=camera)  # -1: the free camera
+        return renderer.render()
+
     def close(self) -> None:
         self._carry = None
+        if self._view is not None:
+            self._view[0].close()
+            self._view = None
 
 
 def _strong(tree: Any) -> Any:
