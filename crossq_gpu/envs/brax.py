@@ -283,9 +283,10 @@ class JaxVecEnv:
         """Frames per second of a video at the env's own speed (one frame per control step)."""
         return max(1, round(1.0 / float(self.env.dt)))
 
-    def render(self, height: int = 240, width: int = 320) -> np.ndarray:
-        """Env 0's current frame [height, width, 3] uint8, drawn by MuJoCo's renderer through the
-        model's `track` camera where it has one (Brax's locomotion envs do), else the free one.
+    def render(self) -> np.ndarray:
+        """Env 0's current frame [240, 320, 3] uint8 (Brax's default size), drawn by MuJoCo's
+        renderer through the model's `track` camera where it has one (Brax's locomotion envs
+        do), else the free one.
 
         Without a display MuJoCo needs an offscreen GL chosen before it is imported:
         MUJOCO_GL=egl (or osmesa); `python -m crossq_gpu.evaluate --video` sets egl itself.
@@ -303,7 +304,7 @@ class JaxVecEnv:
             with contextlib.suppress(ImportError):
                 import triton  # noqa: F401
             try:
-                renderer = mujoco.Renderer(model, height, width)
+                renderer = mujoco.Renderer(model, 240, 320)
             except mujoco.FatalError as exc:
                 raise ValueError(f"MuJoCo could not open a GL context ({exc}); on a machine without a display, "
                                  "start the process with MUJOCO_GL=egl (or osmesa)") from None
