@@ -67,6 +67,8 @@ LEVERS: dict[str, list[str]] = {
     # both, with the longest warmup the rule may take (a 20 % share of its 10,000 planned steps)
     "actor_lr_3e-4+brn_warmup_2000": ["agent.net.optim.lr=0.0003", "agent.critic_net.batch_renorm.warmup_steps=2000"],
     "n_step_3": ["agent.algorithm.n_step=3"],  # three-step TD targets: reward flows back three times as fast
+    # half the usual −|A|: α keeps the policy wider, to explore past a slow gait
+    "target_entropy_-3": ["agent.algorithm.target_entropy=-3.0"],
 }
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks import parallel_envs, time_to_return
+from crossq_gpu.config import to_dict
 
 
 def test_parallel_envs_compares_sizes_at_the_nearest_eval() -> None:
@@ -40,3 +41,16 @@ def test_parallel_envs_kills_a_run_that_ignores_its_budgets_sigterm(tmp_path: Pa
     assert row["curve"] == [] and row["stopped_at_budget"] and row["sps"] is None
     assert f"killed {spec.name}" in capsys.readouterr().out
     assert json.loads((tmp_path / spec.name / "run.json").read_text())["process"]["stopped_at_budget"]
+
+
+def test_every_lever_is_a_valid_change_to_the_rule() -> None:
+    """A lever's `--set` paths and values make a valid config that differs from the rule's,
+    so a typo fails here, not an hour into a benchmark run."""
+    def resolved(lever: str) -> dict:
+        spec = parallel_envs.Spec("lever", "halfcheetah", 128, "crossq", 0, 5000, "cpu", lever)
+        return to_dict(parallel_envs.regime(spec))
+
+    rule = resolved("rule")
+    for lever in parallel_envs.LEVERS:
+        if lever != "rule":
+            assert resolved(lever) != rule, lever
