@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +13,7 @@ import torch
 from crossq_gpu.checkpoint import CheckpointError
 from crossq_gpu.config import ConfigError, from_dict
 from crossq_gpu.envs import VecEnv, make_env
+from crossq_gpu.envs.brax import set_offscreen_gl
 from crossq_gpu.networks import Agent, build_agent
 from crossq_gpu.policy import load_policy
 
@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--video", metavar="FILE", help="also record one episode, e.g. out.mp4 (without a display, "
-                   "MuJoCo draws offscreen through EGL unless MUJOCO_GL says otherwise)")
+                   "MuJoCo draws offscreen through EGL where it is installed, unless MUJOCO_GL says otherwise)")
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error("--episodes must be >= 1")
-    if args.video and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # read once, when MuJoCo is first imported
+    if args.video:
+        set_offscreen_gl()  # before anything imports MuJoCo
     try:
         policy = load_policy(args.checkpoint, args.device)
         cfg = policy.config

@@ -11,15 +11,14 @@ from collections.abc import Iterator
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# MuJoCo picks its GL platform once, at import: offscreen EGL, for the render tests (no display).
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest
 import torch
 
-from crossq_gpu.envs.brax import set_cpu_xla_flags
+from crossq_gpu.envs.brax import set_cpu_xla_flags, set_offscreen_gl
 
 set_cpu_xla_flags()
+set_offscreen_gl()  # MuJoCo picks its GL platform once, at import: offscreen EGL for the render tests
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

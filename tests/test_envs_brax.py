@@ -170,6 +170,16 @@ def test_state_dict_resumes_exactly(env: JaxVecEnv) -> None:
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
 
 
+def render_or_skip(env: JaxVecEnv) -> np.ndarray:
+    """env.render(), or a skip where this machine has no offscreen OpenGL (EGL) for MuJoCo."""
+    try:
+        return env.render()
+    except ValueError as exc:
+        if "GL context" not in str(exc):
+            raise
+        pytest.skip(f"no offscreen OpenGL here: {exc}")
+
+
 def test_render_draws_env_zero_as_braxs_own_renderer_does(env: JaxVecEnv) -> None:
     """The frame of env 0's current physics state; Brax's render_array (a new renderer per call,
     the free camera, as this model has no `track` camera) is the reference."""
@@ -177,7 +187,7 @@ def test_render_draws_env_zero_as_braxs_own_renderer_does(env: JaxVecEnv) -> Non
     for action in _actions(4, seed=3):
         env.step(action)
     state = jax.tree.map(lambda x: x[0], env._carry.state.pipeline_state)
-    frame = env.render()
+    frame = render_or_skip(env)
     assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
     np.testing.assert_array_equal(frame, env.env.render([state])[0])
     other = jax.tree.map(lambda x: x[1], env._carry.state.pipeline_state)
@@ -193,6 +203,7 @@ def test_record_video_writes_one_episode_up_to_its_end(env: JaxVecEnv, tmp_path)
             return torch.zeros(obs.shape[0], 1)
 
     env.reset(seed=5)
+    render_or_skip(env)
     steps = 1
     while not bool((lambda out: (out[2] | out[3]).any())(env.step(Still().act(torch.zeros(N, 1))))):
         steps += 1
@@ -304,3 +315,16 @@ def test_cpu_xla_flags_are_added_once_before_jax_starts_and_not_for_a_gpu(monkey
     with pytest.warns(RuntimeWarning, match="JAX started before"):
         brax_adapter.set_cpu_xla_flags()
     assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_offscreen_gl_is_egl_only_without_a_display_a_choice_or_missing_egl(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [({}, "libEGL.so.1", "egl"), ({}, None, None), ({"DISPLAY": ":0"}, "libEGL.so.1", None),
+             ({"MUJOCO_GL": "osmesa"}, "libEGL.so.1", "osmesa")]
+    for env, egl, expected in cases:
+        for name in ("DISPLAY", "MUJOCO_GL"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(brax_adapter.ctypes.util, "find_library", lambda _, egl=egl: egl)
+        brax_adapter.set_offscreen_gl()
+        assert os.environ.get("MUJOCO_GL") == expected, (env, egl)

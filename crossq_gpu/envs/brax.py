@@ -19,6 +19,7 @@ in-place write or a CUDA-graph replay into the caller's tensor cannot change wha
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import io
 import os
 import pkgutil
@@ -82,6 +83,16 @@ def set_cpu_xla_flags() -> None:
             return
     # First: XLA stops reading XLA_FLAGS at the first token that is not a flag, and drops the rest.
     os.environ["XLA_FLAGS"] = " ".join([*missing, flags]).strip()
+
+
+def set_offscreen_gl() -> None:
+    """MUJOCO_GL=egl where there is no display, the user chose nothing and libEGL is installed:
+    MuJoCo reads it once, when first imported, and without it cannot render off a display.
+    Where EGL is missing it is left unset, since an EGL backend without the library breaks
+    MuJoCo's import itself."""
+    if os.environ.get("DISPLAY") or "MUJOCO_GL" in os.environ or ctypes.util.find_library("EGL") is None:
+        return
+    os.environ["MUJOCO_GL"] = "egl"
 
 
 @cache
@@ -289,7 +300,8 @@ class JaxVecEnv:
         do), else the free one.
 
         Without a display MuJoCo needs an offscreen GL chosen before it is imported:
-        MUJOCO_GL=egl (or osmesa); `python -m crossq_gpu.evaluate --video` sets egl itself.
+        MUJOCO_GL=egl (or osmesa); `python -m crossq_gpu.evaluate --video` sets egl itself
+        (set_offscreen_gl).
         """
         if self._carry is None:
             raise RuntimeError("call reset() before render()")
@@ -305,7 +317,7 @@ class JaxVecEnv:
                 import triton  # noqa: F401
             try:
                 renderer = mujoco.Renderer(model, 240, 320)
-            except mujoco.FatalError as exc:
+            except (mujoco.FatalError, ImportError, RuntimeError) as exc:  # no context, no backend, no EGL device
                 raise ValueError(f"MuJoCo could not open a GL context ({exc}); on a machine without a display, "
                                  "start the process with MUJOCO_GL=egl (or osmesa)") from None
             self._view = (renderer, mujoco.MjData(model), mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track"))
