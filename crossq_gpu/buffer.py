@@ -152,10 +152,9 @@ class ReplayBuffer:
         self.size.add_(self.num_envs).clamp_(max=self.max_size)
 
     def _gather(self, indices: Tensor, weights: Tensor | None) -> Batch:
-        if self.ended is None:
-            return Batch(self.obs[indices], self.action[indices], self.reward[indices], self.next_obs[indices],
-                         self.terminated[indices], weights, indices)
-        reward, last, discount = self._n_step_return(indices)
+        # One step: the sampled slot is also the last one, and the loss uses γ itself.
+        reward, last, discount = ((self.reward[indices], indices, None) if self.ended is None
+                                  else self._n_step_return(indices))
         return Batch(self.obs[indices], self.action[indices], reward, self.next_obs[last], self.terminated[last],
                      weights, indices, discount)
 

@@ -202,11 +202,14 @@ def test_record_video_writes_one_episode_up_to_its_end(env: JaxVecEnv, tmp_path)
         def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
             return torch.zeros(obs.shape[0], 1)
 
-    env.reset(seed=5)
+    obs = env.reset(seed=5)
     render_or_skip(env)
-    steps = 1
-    while not bool((lambda out: (out[2] | out[3]).any())(env.step(Still().act(torch.zeros(N, 1))))):
+    steps = 0
+    done = False
+    while not done:  # the same episode, stepped without recording: its length
+        obs, _, terminated, truncated, _ = env.step(Still().act(obs))
         steps += 1
+        done = bool((terminated | truncated).any())
     path = tmp_path / "episode.mp4"
     record_video(Still(), env, seed=5, path=path)
     import imageio.v2 as imageio
